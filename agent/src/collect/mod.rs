@@ -1,0 +1,78 @@
+//! Collecting a snapshot of the host: socket-state counts and TCP sysctls.
+//!
+//! Collection is blocking work on kernel interfaces, and network namespaces belong to threads, so it
+//! runs on a dedicated OS thread ([`CollectorThread`]) that may live inside another namespace.
+
+mod error;
+mod netlink;
+mod procfs;
+mod sysctl;
+mod thread;
+
+pub use error::CollectError;
+pub use netlink::NetlinkCounter;
+pub use procfs::count_from_proc;
+pub use sysctl::read_sysctls;
+pub use thread::{Collection, CollectorThread};
+
+use sockfleet_domain::{Collector, FamilyCounts};
+
+/// Which socket reader the operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CollectorChoice {
+    /// Netlink when the kernel offers it, `/proc/net/tcp{,6}` otherwise.
+    Auto,
+    /// Netlink `sock_diag` only; fail if unavailable.
+    Netlink,
+    /// `/proc/net/tcp{,6}` only.
+    Procfs,
+}
+
+/// The socket reader in use, with whatever state it keeps between collections.
+pub enum SocketCounter {
+    /// Netlink with its reusable socket and buffer.
+    Netlink(NetlinkCounter),
+    /// The `/proc` text tables.
+    Procfs,
+}
+
+impl SocketCounter {
+    /// Opens the reader the operator chose; with [`CollectorChoice::Auto`] falls back to procfs (and says
+    /// so in the log) when netlink cannot be opened or does not answer.
+    pub fn open(choice: CollectorChoice) -> Result<SocketCounter, CollectError> {
+        match choice {
+            CollectorChoice::Procfs => Ok(SocketCounter::Procfs),
+            CollectorChoice::Netlink => {
+                let mut counter = NetlinkCounter::open()?;
+                counter.count()?;
+                Ok(SocketCounter::Netlink(counter))
+            }
+            CollectorChoice::Auto => match NetlinkCounter::open().and_then(|mut counter| {
+                counter.count()?;
+                Ok(counter)
+            }) {
+                Ok(counter) => Ok(SocketCounter::Netlink(counter)),
+                Err(error) => {
+                    tracing::warn!(%error, "netlink sock_diag is unavailable; falling back to /proc/net/tcp");
+                    Ok(SocketCounter::Procfs)
+                }
+            },
+        }
+    }
+
+    /// Which collector this is, as reported to the server and in `--once` output.
+    pub fn kind(&self) -> Collector {
+        match self {
+            SocketCounter::Netlink(_) => Collector::Netlink,
+            SocketCounter::Procfs => Collector::Procfs,
+        }
+    }
+
+    /// Counts every TCP socket by family and state.
+    pub fn count(&mut self) -> Result<FamilyCounts, CollectError> {
+        match self {
+            SocketCounter::Netlink(counter) => counter.count(),
+            SocketCounter::Procfs => count_from_proc(),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Running the agent: one snapshot, or the collect-and-stream loop until shutdown.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use sockfleet_domain::Snapshot;
+use sockfleet_proto::v1;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::collect::{CollectorChoice, CollectorThread};
+use crate::identity::HostIdentity;
+use crate::stream::{ReportQueue, StreamTarget, maintain_stream};
+
+/// Everything the agent needs to run, validated: built from flags by `sockfleet-agent` and from the
+/// server's own settings by `sockfleet-server --local-agent`.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub identity: HostIdentity,
+    pub labels: BTreeMap<String, String>,
+    pub interval: Duration,
+    pub collector: CollectorChoice,
+    pub netns: Option<PathBuf>,
+    pub backlog: usize,
+}
+
+/// What a streaming run did, logged when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Reports collected (the last sequence number of the run).
+    pub collected: u64,
+    /// Reports the server had not acknowledged when the agent stopped.
+    pub unacknowledged: u64,
+    /// Reports dropped because the backlog was full or the server refused them.
+    pub dropped: u64,
+}
+
+/// Takes one snapshot of the host.
+pub async fn snapshot_once(settings: &AgentSettings) -> anyhow::Result<Snapshot> {
+    let collector = CollectorThread::spawn(settings.collector, settings.netns.clone())
+        .context("cannot start collecting")?;
+    let collected_at = Utc::now();
+    let collection = collector.collect().await.context("collection failed")?;
+    Ok(Snapshot {
+        host_id: settings.identity.host_id.clone(),
+        hostname: settings.identity.hostname.clone(),
+        collected_at,
+        states: collection.states,
+        sysctls: collection.sysctls,
+        kernel_release: settings.identity.kernel_release.clone(),
+        collector: collector.kind(),
+    })
+}
+
+/// Collects every interval and streams reports to `server` until `shutdown` is cancelled.
+pub async fn run_agent(
+    settings: AgentSettings,
+    server: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunSummary> {
+    let collector = CollectorThread::spawn(settings.collector, settings.netns.clone())
+        .context("cannot start collecting")?;
+    let queue = Arc::new(ReportQueue::new(settings.backlog));
+    let (interval_tx, interval_rx) = watch::channel(settings.interval);
+    let target = StreamTarget {
+        server: server.clone(),
+        hello: hello_message(&settings, collector.kind().name()),
+    };
+    tracing::info!(
+        server,
+        host_id = %settings.identity.host_id,
+        collector = collector.kind().name(),
+        interval = ?settings.interval,
+        "agent started"
+    );
+
+    let collecting = tokio::spawn(collect_loop(
+        collector,
+        Arc::clone(&queue),
+        interval_rx,
+        shutdown.clone(),
+    ));
+    maintain_stream(&target, &queue, &interval_tx, &shutdown).await;
+    shutdown.cancel();
+    collecting.await.context("collection task failed")?;
+
+    let counters = queue.counters();
+    let summary = RunSummary {
+        collected: counters.collected,
+        unacknowledged: counters.pending,
+        dropped: counters.dropped,
+    };
+    tracing::info!(
+        collected = summary.collected,
+        unacknowledged = summary.unacknowledged,
+        dropped = summary.dropped,
+        "agent stopped"
+    );
+    Ok(summary)
+}
+
+async fn collect_loop(
+    collector: CollectorThread,
+    queue: Arc<ReportQueue>,
+    mut interval_rx: watch::Receiver<Duration>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(*interval_rx.borrow_and_update());
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Ok(()) = interval_rx.changed() => {
+                ticker = tokio::time::interval(*interval_rx.borrow_and_update());
+                ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                continue;
+            }
+            () = shutdown.cancelled() => return,
+        }
+        let collected_at = Utc::now();
+        match collector.collect().await {
+            Ok(collection) => {
+                let sequence = queue.enqueue(collected_at, collection);
+                tracing::debug!(sequence, "collected");
+            }
+            Err(error) => tracing::warn!(%error, "collection failed; will retry next interval"),
+        }
+    }
+}
+
+fn hello_message(settings: &AgentSettings, collector: &str) -> v1::Hello {
+    v1::Hello {
+        protocol_version: v1::PROTOCOL_VERSION,
+        host_id: settings.identity.host_id.to_string(),
+        hostname: settings.identity.hostname.clone(),
+        kernel_release: settings.identity.kernel_release.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        labels: settings.labels.clone().into_iter().collect(),
+        run_id: uuid::Uuid::new_v4().simple().to_string(),
+        collector: collector.to_owned(),
+        interval_ms: u32::try_from(settings.interval.as_millis()).unwrap_or(u32::MAX),
+    }
+}

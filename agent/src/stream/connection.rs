@@ -1,0 +1,219 @@
+//! The gRPC stream to the server, kept open across failures.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sockfleet_proto::v1;
+use sockfleet_proto::v1::ingest_client::IngestClient;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use super::queue::ReportQueue;
+use super::wire::report_message;
+use crate::config::{MAX_INTERVAL, MIN_INTERVAL};
+
+/// How long the agent keeps trying to deliver pending reports after it was asked to stop.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Messages buffered between the stream task and the transport.
+const OUTBOUND_BUFFER: usize = 32;
+/// A connection that lived this long resets the reconnect backoff.
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
+
+/// Where and as whom to stream.
+#[derive(Debug, Clone)]
+pub struct StreamTarget {
+    /// The server's URL (`http://host:7070`).
+    pub server: String,
+    /// The hello sent first on every connection.
+    pub hello: v1::Hello,
+}
+
+/// Why one connection ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("invalid server URL {url:?}: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("server answered {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("server closed the stream")]
+    Closed,
+    #[error("protocol violation by the server: {0}")]
+    Protocol(&'static str),
+}
+
+/// Streams the queue's reports to the server until `shutdown`, reconnecting with exponential backoff
+/// and jitter. On shutdown it spends at most a few seconds delivering what is still pending.
+///
+/// `interval` receives the collection period the server asks for.
+pub async fn maintain_stream(
+    target: &StreamTarget,
+    queue: &ReportQueue,
+    interval: &watch::Sender<Duration>,
+    shutdown: &CancellationToken,
+) {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        match stream_once(target, queue, interval, shutdown).await {
+            Ok(()) => return,
+            Err(error @ StreamError::BadUrl { .. }) => {
+                tracing::error!(%error, "cannot stream; fix --server");
+                shutdown.cancelled().await;
+                return;
+            }
+            Err(StreamError::Status(status)) if refused_sequence(&status).is_some() => {
+                let refused = refused_sequence(&status);
+                if refused == queue.oldest_pending() {
+                    queue.drop_refused();
+                }
+                tracing::error!(
+                    sequence = refused,
+                    code = %status.code(),
+                    message = status.message(),
+                    "server refused a report; dropped it"
+                );
+            }
+            Err(error) => {
+                if started.elapsed() >= HEALTHY_CONNECTION {
+                    backoff = backoff_builder.build();
+                }
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(%error, retry_in = ?delay, pending = queue.counters().pending, "stream to server lost");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn stream_once(
+    target: &StreamTarget,
+    queue: &ReportQueue,
+    interval: &watch::Sender<Duration>,
+    shutdown: &CancellationToken,
+) -> Result<(), StreamError> {
+    let channel = connect(&target.server).await?;
+    let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let hello = v1::AgentMessage {
+        body: Some(v1::agent_message::Body::Hello(target.hello.clone())),
+    };
+    outbound.send(hello).await.map_err(|_| StreamError::Closed)?;
+    let mut inbound = IngestClient::new(channel)
+        .max_decoding_message_size(64 * 1024)
+        .stream(ReceiverStream::new(outbound_rx))
+        .await?
+        .into_inner();
+
+    let welcome = match inbound.message().await?.and_then(|message| message.body) {
+        Some(v1::server_message::Body::Welcome(welcome)) => welcome,
+        Some(_) => return Err(StreamError::Protocol("first message was not a welcome")),
+        None => return Err(StreamError::Closed),
+    };
+    queue.acknowledge(welcome.committed_sequence);
+    queue.request_full_sysctls();
+    tracing::info!(
+        server = %target.server,
+        committed = welcome.committed_sequence,
+        pending = queue.counters().pending,
+        "connected"
+    );
+
+    let mut sent_up_to = welcome.committed_sequence;
+    let mut flush_deadline: Option<Instant> = None;
+    loop {
+        let next = queue.next_after(sent_up_to);
+        if flush_deadline.is_some() && queue.counters().pending == 0 {
+            return Ok(());
+        }
+        let deadline = flush_deadline.unwrap_or_else(|| Instant::now() + MAX_INTERVAL);
+        tokio::select! {
+            message = inbound.message() => {
+                let body = message?.ok_or(StreamError::Closed)?.body;
+                apply_server_message(body, queue, interval);
+            }
+            permit = outbound.reserve(), if next.is_some() => {
+                let permit = permit.map_err(|_| StreamError::Closed)?;
+                if let Some((report, dropped)) = next {
+                    sent_up_to = report.sequence;
+                    permit.send(report_message(&report, dropped));
+                }
+            }
+            () = queue.wait_pushed(), if next.is_none() => {}
+            () = shutdown.cancelled(), if flush_deadline.is_none() => {
+                flush_deadline = Some(Instant::now() + FLUSH_TIMEOUT);
+            }
+            () = tokio::time::sleep_until(deadline), if flush_deadline.is_some() => {
+                tracing::warn!(pending = queue.counters().pending, "stopping with unacknowledged reports");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn connect(server: &str) -> Result<Channel, StreamError> {
+    let endpoint = Endpoint::from_shared(server.to_owned())
+        .map_err(|source| StreamError::BadUrl {
+            url: server.to_owned(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    endpoint.connect().await.map_err(StreamError::Connect)
+}
+
+fn apply_server_message(
+    body: Option<v1::server_message::Body>,
+    queue: &ReportQueue,
+    interval: &watch::Sender<Duration>,
+) {
+    match body {
+        Some(v1::server_message::Body::Ack(ack)) => queue.acknowledge(ack.sequence),
+        Some(v1::server_message::Body::Settings(settings)) if settings.interval_ms > 0 => {
+            let requested = Duration::from_millis(u64::from(settings.interval_ms));
+            if (MIN_INTERVAL..=MAX_INTERVAL).contains(&requested) {
+                tracing::info!(interval = ?requested, "server changed the collection interval");
+                interval.send_replace(requested);
+            } else {
+                tracing::warn!(interval = ?requested, "ignoring an out-of-range interval from the server");
+            }
+        }
+        Some(v1::server_message::Body::Settings(_)) => {}
+        Some(v1::server_message::Body::Welcome(_)) => {
+            tracing::warn!("ignoring a second welcome from the server");
+        }
+        None => tracing::debug!("ignoring an empty or unknown message from the server"),
+    }
+}
+
+/// The sequence of the report the server refused as invalid, if that is why the stream ended.
+fn refused_sequence(status: &tonic::Status) -> Option<u64> {
+    if status.code() != Code::InvalidArgument {
+        return None;
+    }
+    status
+        .metadata()
+        .get(v1::REFUSED_SEQUENCE_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}

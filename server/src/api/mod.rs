@@ -1,0 +1,55 @@
+//! The HTTP side of the server: JSON API, health checks and the dashboard, sharing the gRPC port.
+
+mod error;
+mod health;
+mod hosts;
+mod params;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+pub use error::ApiError;
+
+use crate::dashboard;
+use crate::storage::Store;
+
+/// What every HTTP handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+}
+
+/// The HTTP routes. Unknown paths get a JSON 404, except gRPC calls to unknown services, which get
+/// gRPC's UNIMPLEMENTED so gRPC clients see a proper status.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard::index))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/v1/hosts", get(hosts::list))
+        .route("/api/v1/hosts/{host_id}", get(hosts::detail))
+        .route("/api/v1/hosts/{host_id}/series", get(hosts::series))
+        .with_state(state)
+}
+
+/// The answer for a path no route serves.
+pub async fn fallback(request: Request<axum::body::Body>) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if is_grpc {
+        let mut response = StatusCode::OK.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from_static("12"));
+        headers.insert("grpc-message", HeaderValue::from_static("unknown%20service"));
+        return response;
+    }
+    ApiError::not_found(format!("no such endpoint: {} {}", request.method(), request.uri().path())).into_response()
+}

@@ -1,0 +1,308 @@
+//! Checking what agents send and turning it into domain types. Every limit is explicit here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sockfleet_domain::{AgentHello, Collector, FamilyCounts, HostId, Report, StateCounts, SysctlValues};
+use sockfleet_proto::v1;
+
+/// Largest plausible number of sockets in one state of one family (far above what a host can hold).
+pub const MAX_STATE_COUNT: u64 = 10_000_000;
+/// Most sysctls one report may carry.
+pub const MAX_SYSCTLS: usize = 128;
+/// Longest sysctl name, in bytes.
+pub const MAX_SYSCTL_NAME: usize = 128;
+/// Longest sysctl value, in bytes (`ip_local_reserved_ports` can be a long list).
+pub const MAX_SYSCTL_VALUE: usize = 4096;
+/// Most labels one host may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key, in bytes.
+pub const MAX_LABEL_KEY: usize = 128;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 1024;
+/// Longest free-text field (hostname, kernel release, agent version, run id), in bytes.
+pub const MAX_TEXT: usize = 255;
+/// How far in the future a collection time may be (clock skew).
+pub const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(10);
+/// How old a collection time may be (an agent's backlog after a long outage).
+pub const MAX_REPORT_AGE: TimeDelta = TimeDelta::days(30);
+/// Collection periods an agent may announce.
+pub const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// Why a message was refused; the text names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Validates a hello (its protocol version is checked by the caller).
+pub fn hello(message: v1::Hello) -> Result<AgentHello, Invalid> {
+    let host_id = HostId::parse(&message.host_id).map_err(|e| invalid("hello.host_id", e.to_string()))?;
+    let collector = Collector::from_name(&message.collector).ok_or_else(|| {
+        invalid(
+            "hello.collector",
+            format!("{:?} is not a known collector (netlink, procfs)", message.collector),
+        )
+    })?;
+    let interval = Duration::from_millis(u64::from(message.interval_ms));
+    if !INTERVAL_RANGE.contains(&interval) {
+        return Err(invalid(
+            "hello.interval_ms",
+            format!(
+                "{} ms is outside {}..={} ms",
+                message.interval_ms,
+                INTERVAL_RANGE.start().as_millis(),
+                INTERVAL_RANGE.end().as_millis()
+            ),
+        ));
+    }
+    let run_id = text("hello.run_id", message.run_id)?;
+    if run_id.is_empty() {
+        return Err(invalid("hello.run_id", "must not be empty"));
+    }
+    Ok(AgentHello {
+        host_id,
+        hostname: text("hello.hostname", message.hostname)?,
+        kernel_release: text("hello.kernel_release", message.kernel_release)?,
+        agent_version: text("hello.agent_version", message.agent_version)?,
+        labels: labels(message.labels)?,
+        run_id,
+        collector,
+        interval,
+    })
+}
+
+fn text(field: &str, value: String) -> Result<String, Invalid> {
+    if value.len() > MAX_TEXT {
+        return Err(invalid(field, format!("{} bytes long; at most {MAX_TEXT} allowed", value.len())));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(value)
+}
+
+fn labels(raw: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Invalid> {
+    if raw.len() > MAX_LABELS {
+        return Err(invalid("hello.labels", format!("{} labels; at most {MAX_LABELS} allowed", raw.len())));
+    }
+    let mut labels = BTreeMap::new();
+    for (key, value) in raw {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
+        if !key_ok {
+            return Err(invalid(
+                format!("hello.labels[{key:?}]"),
+                format!("a key must be 1-{MAX_LABEL_KEY} ASCII letters, digits, '_', '.', '-' or '/'"),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+            return Err(invalid(
+                format!("hello.labels[{key:?}]"),
+                format!("a value must be at most {MAX_LABEL_VALUE} bytes without control characters"),
+            ));
+        }
+        labels.insert(key, value);
+    }
+    Ok(labels)
+}
+
+/// Validates a report against the current time `now`.
+pub fn report(message: v1::Report, now: DateTime<Utc>) -> Result<(Report, u64), Invalid> {
+    if message.sequence == 0 {
+        return Err(invalid("report.sequence", "must be at least 1"));
+    }
+    let timestamp = message
+        .collected_at
+        .ok_or_else(|| invalid("report.collected_at", "missing"))?;
+    let collected_at = u32::try_from(timestamp.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos))
+        .ok_or_else(|| invalid("report.collected_at", "not a valid timestamp"))?;
+    if collected_at > now + MAX_CLOCK_AHEAD {
+        return Err(invalid(
+            "report.collected_at",
+            format!("{collected_at} is more than 10 minutes ahead of the server's clock ({now}); check the host's clock"),
+        ));
+    }
+    if collected_at < now - MAX_REPORT_AGE {
+        return Err(invalid(
+            "report.collected_at",
+            format!("{collected_at} is more than 30 days old"),
+        ));
+    }
+    let states = FamilyCounts {
+        ipv4: state_counts("report.ipv4", message.ipv4)?,
+        ipv6: state_counts("report.ipv6", message.ipv6)?,
+    };
+    let report = Report {
+        sequence: message.sequence,
+        collected_at,
+        states,
+        sysctls: sysctls(message.sysctls)?,
+    };
+    Ok((report, message.dropped_reports))
+}
+
+fn state_counts(field: &str, counts: Option<v1::StateCounts>) -> Result<StateCounts, Invalid> {
+    let Some(counts) = counts else {
+        return Err(invalid(field, "missing"));
+    };
+    let values = [
+        counts.established,
+        counts.syn_sent,
+        counts.syn_recv,
+        counts.fin_wait1,
+        counts.fin_wait2,
+        counts.time_wait,
+        counts.close,
+        counts.close_wait,
+        counts.last_ack,
+        counts.listen,
+        counts.closing,
+    ];
+    let parsed = StateCounts::from_array(values);
+    if let Some((state, count)) = parsed.iter().find(|(_, count)| *count > MAX_STATE_COUNT) {
+        return Err(invalid(
+            format!("{field}.{state}"),
+            format!("{count} is not a plausible socket count (at most {MAX_STATE_COUNT})"),
+        ));
+    }
+    Ok(parsed)
+}
+
+fn sysctls(raw: Vec<v1::Sysctl>) -> Result<SysctlValues, Invalid> {
+    if raw.len() > MAX_SYSCTLS {
+        return Err(invalid("report.sysctls", format!("{} entries; at most {MAX_SYSCTLS} allowed", raw.len())));
+    }
+    let mut values = SysctlValues::new();
+    for sysctl in raw {
+        let name_ok = !sysctl.name.is_empty()
+            && sysctl.name.len() <= MAX_SYSCTL_NAME
+            && sysctl
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.'));
+        if !name_ok {
+            return Err(invalid(
+                "report.sysctls.name",
+                format!("{:?} is not a sysctl name (lowercase, digits, '_' and '.')", sysctl.name),
+            ));
+        }
+        if let Some(value) = &sysctl.value
+            && (value.len() > MAX_SYSCTL_VALUE || value.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                format!("report.sysctls[{}]", sysctl.name),
+                format!("value must be at most {MAX_SYSCTL_VALUE} bytes without control characters"),
+            ));
+        }
+        if values.insert(sysctl.name.clone(), sysctl.value).is_some() {
+            return Err(invalid(format!("report.sysctls[{}]", sysctl.name), "given twice"));
+        }
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good_report(now: DateTime<Utc>) -> v1::Report {
+        v1::Report {
+            sequence: 1,
+            collected_at: Some(prost_types::Timestamp {
+                seconds: now.timestamp(),
+                nanos: 0,
+            }),
+            ipv4: Some(v1::StateCounts {
+                established: 3,
+                ..Default::default()
+            }),
+            ipv6: Some(v1::StateCounts::default()),
+            sysctls: vec![v1::Sysctl {
+                name: "net.ipv4.tcp_fin_timeout".into(),
+                value: Some("60".into()),
+            }],
+            dropped_reports: 0,
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_report() {
+        let now = Utc::now();
+        let (parsed, dropped) = report(good_report(now), now).unwrap();
+        assert_eq!(parsed.states.ipv4.get(sockfleet_domain::TcpState::Established), 3);
+        assert_eq!(dropped, 0);
+    }
+
+    #[test]
+    fn names_the_field_of_an_absurd_count() {
+        let now = Utc::now();
+        let mut message = good_report(now);
+        message.ipv6 = Some(v1::StateCounts {
+            time_wait: u64::MAX,
+            ..Default::default()
+        });
+        let error = report(message, now).unwrap_err();
+        assert_eq!(error.field, "report.ipv6.time_wait");
+    }
+
+    #[test]
+    fn refuses_times_far_from_now() {
+        let now = Utc::now();
+        let mut message = good_report(now);
+        message.collected_at = Some(prost_types::Timestamp {
+            seconds: now.timestamp() + 3600,
+            nanos: 0,
+        });
+        assert_eq!(report(message, now).unwrap_err().field, "report.collected_at");
+        let mut message = good_report(now);
+        message.collected_at = Some(prost_types::Timestamp { seconds: 0, nanos: -1 });
+        assert_eq!(report(message, now).unwrap_err().field, "report.collected_at");
+    }
+
+    #[test]
+    fn refuses_bad_sysctls() {
+        let now = Utc::now();
+        let mut message = good_report(now);
+        message.sysctls[0].name = "../../etc".into();
+        assert_eq!(report(message, now).unwrap_err().field, "report.sysctls.name");
+    }
+
+    #[test]
+    fn validates_hello() {
+        let good = v1::Hello {
+            protocol_version: 1,
+            host_id: "web-1".into(),
+            hostname: "web-1".into(),
+            kernel_release: "6.1.0".into(),
+            agent_version: "0.1.0".into(),
+            labels: [("env".to_owned(), "prod".to_owned())].into(),
+            run_id: "abc".into(),
+            collector: "netlink".into(),
+            interval_ms: 10_000,
+        };
+        assert!(hello(good.clone()).is_ok());
+        let mut bad = good.clone();
+        bad.host_id = String::new();
+        assert_eq!(hello(bad).unwrap_err().field, "hello.host_id");
+        let mut bad = good.clone();
+        bad.interval_ms = 1;
+        assert_eq!(hello(bad).unwrap_err().field, "hello.interval_ms");
+        let mut bad = good;
+        bad.labels = [("bad key".to_owned(), String::new())].into();
+        assert!(hello(bad).unwrap_err().field.starts_with("hello.labels"));
+    }
+}

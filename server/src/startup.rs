@@ -1,0 +1,126 @@
+//! Building and running the server: the one path `main` and the tests share.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sockfleet_proto::v1;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::ServerConfig;
+use crate::ingest::{BatchWriter, IngestService};
+use crate::local_agent;
+use crate::storage::{self, Store, redact_password};
+
+/// How long the server waits for the batch writer to commit what it holds when stopping.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server whose database is open and migrated and whose port is bound, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+}
+
+impl Application {
+    /// Opens the database (creating the data directory for SQLite) and binds the listening port.
+    pub async fn build(config: ServerConfig) -> anyhow::Result<Application> {
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        }
+        let store = storage::open(&config.database_url)
+            .await
+            .with_context(|| format!("cannot open the database {}", redact_password(&config.database_url)))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Application {
+            listener,
+            config,
+            store,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener.local_addr().context("listening socket has no address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops in order: the local agent delivers what it has,
+    /// agent streams are closed, in-flight reports are committed.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let address = self.local_addr()?;
+        let serving = CancellationToken::new();
+        let (writer, writer_task) = BatchWriter::spawn(Arc::clone(&self.store), self.config.batch);
+        let ingest = IngestService::new(
+            Arc::clone(&self.store),
+            writer,
+            serving.clone(),
+            self.config.agent_interval,
+        );
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<v1::ingest_server::IngestServer<IngestService>>()
+            .await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().context("cannot build gRPC reflection")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build gRPC reflection")?;
+
+        let router = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ingest.into_server())
+            .into_axum_router()
+            .merge(api::router(AppState {
+                store: Arc::clone(&self.store),
+            }))
+            .fallback(api::fallback);
+
+        let local_agent = CancellationToken::new();
+        let local_agent_task = self
+            .config
+            .local_agent
+            .then(|| local_agent::spawn(address, self.config.agent_interval, local_agent.clone()));
+
+        let server_stopping = serving.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(self.listener, router)
+                .with_graceful_shutdown(server_stopping.cancelled_owned())
+                .await
+        });
+
+        shutdown.cancelled().await;
+        tracing::info!("stopping");
+        local_agent.cancel();
+        if let Some(task) = local_agent_task {
+            let _ = task.await;
+        }
+        health
+            .set_not_serving::<v1::ingest_server::IngestServer<IngestService>>()
+            .await;
+        serving.cancel();
+        server.await.context("server task failed")?.context("server failed")?;
+        drain(writer_task).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn drain(writer_task: JoinHandle<()>) {
+    match tokio::time::timeout(DRAIN_TIMEOUT, writer_task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "batch writer failed"),
+        Err(_) => tracing::error!("batch writer did not finish within 10 s; unacknowledged reports will be resent by agents"),
+    }
+}

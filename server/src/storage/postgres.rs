@@ -1,0 +1,291 @@
+//! The PostgreSQL backend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sockfleet_domain::{HostId, SysctlValues};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::columns::state_columns;
+use super::records::{AgentSession, CommitBookkeeping, RunKeys};
+use super::rows::{count_values, family_counts};
+use super::{
+    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, Store, StorageError,
+};
+
+/// Storage in a PostgreSQL database: the backend for fleets and for several server replicas.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The connection pool, for tests that inspect the database directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn host_overviews(
+        &self,
+        host: Option<&HostId>,
+        page: &HostPage,
+    ) -> Result<Vec<(i64, HostOverview)>, StorageError> {
+        const SQL: &str = concat!(
+            "SELECT h.host_key, h.host_id, h.hostname, h.kernel_release, h.agent_version, h.collector, ",
+            "h.labels, h.interval_ms, h.first_seen, r.collected_at, ",
+            state_columns!("r.", ""),
+            " FROM hosts h LEFT JOIN LATERAL (SELECT * FROM reports WHERE host_key = h.host_key ",
+            "ORDER BY collected_at DESC LIMIT 1) r ON TRUE ",
+            "WHERE ($1::text IS NULL OR h.host_id = $1) AND ($2::text IS NULL OR h.host_id > $2) ",
+            "ORDER BY h.host_id LIMIT $3"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(host.map(HostId::as_str))
+            .bind(page.after.as_ref().map(HostId::as_str))
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(overview_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn committed_sequence(&self, host: &HostId, run_id: &str) -> Result<u64, StorageError> {
+        let sequence: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(r.sequence), 0) FROM reports r \
+             JOIN agent_runs a ON a.run_key = r.run_key JOIN hosts h ON h.host_key = a.host_key \
+             WHERE h.host_id = $1 AND a.run_id = $2",
+        )
+        .bind(host.as_str())
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(sequence).unwrap_or(0))
+    }
+
+    async fn commit_reports(&self, reports: &[IncomingReport]) -> Result<(), StorageError> {
+        const INSERT_REPORT: &str = concat!(
+            "INSERT INTO reports (run_key, sequence, host_key, collected_at, ",
+            state_columns!("", ""),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
+            "$19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT (run_key, sequence) DO NOTHING"
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut bookkeeping = CommitBookkeeping::default();
+        for incoming in reports {
+            let session = incoming.session.as_ref();
+            let keys = match bookkeeping.keys(session) {
+                Some(keys) => keys,
+                None => {
+                    let keys = register(&mut tx, session).await?;
+                    bookkeeping.register(session, keys);
+                    keys
+                }
+            };
+            let report = &incoming.report;
+            let mut insert = sqlx::query(INSERT_REPORT)
+                .bind(keys.run)
+                .bind(i64::try_from(report.sequence).unwrap_or(i64::MAX))
+                .bind(keys.host)
+                .bind(report.collected_at);
+            for count in count_values(&report.states) {
+                insert = insert.bind(i32::try_from(count).unwrap_or(i32::MAX));
+            }
+            insert.execute(&mut *tx).await?;
+
+            if bookkeeping.dropped_grew(session, incoming.dropped_reports) {
+                sqlx::query(
+                    "UPDATE agent_runs SET dropped_reports = GREATEST(dropped_reports, $2) WHERE run_key = $1",
+                )
+                .bind(keys.run)
+                .bind(i64::try_from(incoming.dropped_reports).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !report.sysctls.is_empty() {
+                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls).await?;
+            }
+        }
+        tx.commit().await?;
+        bookkeeping.apply();
+        Ok(())
+    }
+
+    async fn list_hosts(&self, page: &HostPage) -> Result<Vec<HostOverview>, StorageError> {
+        Ok(self
+            .host_overviews(None, page)
+            .await?
+            .into_iter()
+            .map(|(_, overview)| overview)
+            .collect())
+    }
+
+    async fn host(&self, host: &HostId) -> Result<Option<HostDetail>, StorageError> {
+        let page = HostPage { after: None, limit: 1 };
+        let Some((host_key, overview)) = self.host_overviews(Some(host), &page).await?.into_iter().next()
+        else {
+            return Ok(None);
+        };
+        let sysctls = current_sysctls(&self.pool, host_key).await?;
+        let dropped: Option<i64> = sqlx::query_scalar(
+            "SELECT dropped_reports FROM agent_runs WHERE host_key = $1 ORDER BY run_key DESC LIMIT 1",
+        )
+        .bind(host_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Some(HostDetail {
+            overview,
+            sysctls,
+            dropped_reports: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
+        }))
+    }
+
+    async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError> {
+        const RAW: &str = concat!(
+            "SELECT r.collected_at, ",
+            state_columns!("r.", ""),
+            " FROM reports r JOIN hosts h ON h.host_key = r.host_key ",
+            "WHERE h.host_id = $1 AND r.collected_at >= $2 AND r.collected_at < $3 ",
+            "ORDER BY r.collected_at LIMIT $4"
+        );
+        const STEPPED: &str = concat!(
+            "SELECT date_bin(make_interval(secs => $1), r.collected_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket, ",
+            state_columns!("round(avg(r.", "))::int4"),
+            " FROM reports r JOIN hosts h ON h.host_key = r.host_key ",
+            "WHERE h.host_id = $2 AND r.collected_at >= $3 AND r.collected_at < $4 ",
+            "GROUP BY bucket ORDER BY bucket LIMIT $5"
+        );
+        let statement = match query.step {
+            None => sqlx::query(RAW),
+            Some(step) => sqlx::query(STEPPED).bind(step.as_secs_f64()),
+        };
+        let rows = statement
+            .bind(host.as_str())
+            .bind(query.from)
+            .bind(query.to)
+            .bind(i64::from(query.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let time: DateTime<Utc> = row.try_get(0)?;
+                let states = family_counts::<_, i32>(row, 1)?
+                    .ok_or_else(|| StorageError::Corrupt("report without counts".into()))?;
+                Ok(SeriesPoint { time, states })
+            })
+            .collect()
+    }
+}
+
+async fn register(tx: &mut Transaction<'_, Postgres>, session: &AgentSession) -> Result<RunKeys, StorageError> {
+    let hello = &session.hello;
+    let host: i64 = sqlx::query_scalar(
+        "INSERT INTO hosts (host_id, hostname, kernel_release, agent_version, collector, labels, interval_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (host_id) DO UPDATE SET hostname = EXCLUDED.hostname, \
+         kernel_release = EXCLUDED.kernel_release, agent_version = EXCLUDED.agent_version, \
+         collector = EXCLUDED.collector, labels = EXCLUDED.labels, interval_ms = EXCLUDED.interval_ms, \
+         updated_at = now() \
+         RETURNING host_key",
+    )
+    .bind(hello.host_id.as_str())
+    .bind(&hello.hostname)
+    .bind(&hello.kernel_release)
+    .bind(&hello.agent_version)
+    .bind(hello.collector.name())
+    .bind(Json(&hello.labels))
+    .bind(i32::try_from(hello.interval.as_millis()).unwrap_or(i32::MAX))
+    .fetch_one(&mut **tx)
+    .await?;
+    let run: i64 = sqlx::query_scalar(
+        "INSERT INTO agent_runs (host_key, run_id) VALUES ($1, $2) \
+         ON CONFLICT (host_key, run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING run_key",
+    )
+    .bind(host)
+    .bind(&hello.run_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(RunKeys { host, run })
+}
+
+async fn record_sysctl_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    host_key: i64,
+    observed_at: DateTime<Utc>,
+    observed: &SysctlValues,
+) -> Result<(), StorageError> {
+    let current = current_sysctls(&mut **tx, host_key).await?;
+    for (name, value) in observed {
+        if current.get(name) == Some(value) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO sysctl_changes (host_key, name, value, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(host_key)
+        .bind(name)
+        .bind(value.as_deref())
+        .bind(observed_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn current_sysctls<'e, E>(executor: E, host_key: i64) -> Result<SysctlValues, StorageError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (name) name, value FROM sysctl_changes WHERE host_key = $1 \
+         ORDER BY name, changed_at DESC",
+    )
+    .bind(host_key)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+fn overview_from_row(row: &PgRow) -> Result<(i64, HostOverview), StorageError> {
+    let host_id: String = row.try_get(1)?;
+    let interval_ms: i32 = row.try_get(7)?;
+    let Json(labels) = row.try_get(6)?;
+    let overview = HostOverview {
+        host_id: HostId::parse(&host_id).map_err(|e| StorageError::Corrupt(format!("host id {host_id:?}: {e}")))?,
+        hostname: row.try_get(2)?,
+        kernel_release: row.try_get(3)?,
+        agent_version: row.try_get(4)?,
+        collector: row.try_get(5)?,
+        labels,
+        interval_seconds: Duration::from_millis(u64::try_from(interval_ms).unwrap_or(0)),
+        first_seen: row.try_get(8)?,
+        last_seen: row.try_get(9)?,
+        states: family_counts::<_, i32>(row, 10)?,
+    };
+    Ok((row.try_get(0)?, overview))
+}

@@ -1,0 +1,41 @@
+//! Decoding rows into records, shared by both backends.
+
+use sockfleet_domain::{Family, FamilyCounts, StateCounts, TcpState};
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::StorageError;
+
+/// Reads the 22 count columns starting at `first`; `None` when they are NULL (a host without reports).
+///
+/// `T` is the integer type the backend returns (`i32` from PostgreSQL `INTEGER`, `i64` from SQLite).
+pub(super) fn family_counts<'r, R, T>(row: &'r R, first: usize) -> Result<Option<FamilyCounts>, StorageError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database> + Into<i64>,
+{
+    let mut counts = FamilyCounts::default();
+    for (family_index, family) in Family::ALL.into_iter().enumerate() {
+        let mut states = StateCounts::default();
+        for state in TcpState::ALL {
+            let column = first + family_index * TcpState::ALL.len() + state.index();
+            let Some(value) = row.try_get::<Option<T>, _>(column)? else {
+                return Ok(None);
+            };
+            let value: i64 = value.into();
+            let count = u64::try_from(value)
+                .map_err(|_| StorageError::Corrupt(format!("negative count {value} in column {column}")))?;
+            states.set(state, count);
+        }
+        *counts.family_mut(family) = states;
+    }
+    Ok(Some(counts))
+}
+
+/// The 22 counts in column order, as the backends bind them.
+pub(super) fn count_values(counts: &FamilyCounts) -> impl Iterator<Item = i64> + '_ {
+    Family::ALL
+        .into_iter()
+        .flat_map(|family| counts.family(family).as_array().iter())
+        .map(|count| i64::try_from(*count).unwrap_or(i64::MAX))
+}
