@@ -31,9 +31,9 @@ const DATAGRAM_BUFFER: usize = 256 << 10;
 const RECEIVE_TIMEOUT_SECONDS: libc::time_t = 5;
 /// How often a family's dump is restarted after the kernel flagged it inconsistent.
 const MAX_DUMP_ATTEMPTS: usize = 4;
-/// The kernel's internal state of a request socket; dumped as SYN_RECV.
+/// The kernel's internal state of a request socket; dumped as `SYN_RECV`.
 const TCP_NEW_SYN_RECV: u32 = 12;
-/// Every TCP state, as `ss` asks for them (`SS_ALL` includes `TCP_NEW_SYN_RECV`).
+/// Every TCP state, as `ss` asks for them (its `SS_ALL` includes `TCP_NEW_SYN_RECV`).
 const ALL_STATES: u32 = StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV;
 /// Bytes of a netlink header.
 const HEADER_LEN: usize = 16;
@@ -120,7 +120,7 @@ impl NetlinkCounter {
         loop {
             match self.socket.send(request, 0) {
                 Ok(_) => return Ok(()),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(CollectError::NetlinkIo(error)),
             }
         }
@@ -138,7 +138,7 @@ impl NetlinkCounter {
                     )));
                 }
                 Ok(length) => return Ok(length),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Err(CollectError::NetlinkIo(io::Error::new(
                         io::ErrorKind::TimedOut,

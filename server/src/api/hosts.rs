@@ -11,7 +11,7 @@ use sockfleet_domain::HostId;
 use super::AppState;
 use super::error::ApiError;
 use super::params::{self, Params};
-use crate::storage::{HostDetail, HostOverview, HostPage, SeriesPoint, SeriesQuery};
+use crate::storage::{HostDetail, HostOverview, HostPage, SeriesPoint, SeriesQuery, SysctlChange};
 
 const DEFAULT_HOSTS: u32 = 100;
 const MAX_HOSTS: u32 = 1000;
@@ -119,6 +119,39 @@ pub async fn series(
         truncated: points.len() == limit as usize,
         points,
     }))
+}
+
+/// Query parameters of `GET /api/v1/hosts/{host_id}/sysctls/history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysctlHistoryParams {
+    name: Option<String>,
+}
+
+/// When a host's sysctls took each of their values.
+#[derive(Debug, Serialize)]
+pub struct SysctlHistory {
+    host_id: HostId,
+    changes: Vec<SysctlChange>,
+}
+
+/// `GET /api/v1/hosts/{host_id}/sysctls/history?name=`: "when did this host's `tcp_tw_reuse` change?"
+pub async fn sysctl_history(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    Params(params): Params<SysctlHistoryParams>,
+) -> Result<Json<SysctlHistory>, ApiError> {
+    let id = host_id(&raw_id)?;
+    if let Some(name) = &params.name
+        && (name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.')))
+    {
+        return Err(ApiError::bad_request(format!("name={name:?} is not a sysctl name such as net.ipv4.tcp_tw_reuse")));
+    }
+    if state.store.host(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no host {id} has reported to this server")));
+    }
+    let changes = state.store.sysctl_history(&id, params.name.as_deref()).await?;
+    Ok(Json(SysctlHistory { host_id: id, changes }))
 }
 
 fn host_id(raw: &str) -> Result<HostId, ApiError> {

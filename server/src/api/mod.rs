@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{host_id}", get(hosts::detail))
         .route("/api/v1/hosts/{host_id}/series", get(hosts::series))
+        .route("/api/v1/hosts/{host_id}/sysctls/history", get(hosts::sysctl_history))
         .with_state(state)
 }
 

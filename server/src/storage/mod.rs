@@ -17,6 +17,7 @@ use sockfleet_domain::HostId;
 pub use postgres::PostgresStore;
 pub use records::{
     AgentSession, HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery,
+    SysctlChange,
 };
 pub use sqlite::SqliteStore;
 
@@ -55,6 +56,9 @@ pub trait Store: Send + Sync {
 
     /// One host with its latest report and current sysctls.
     async fn host(&self, host: &HostId) -> Result<Option<HostDetail>, StorageError>;
+
+    /// Every recorded value of a host's sysctls (of one, if `name` is given), oldest first.
+    async fn sysctl_history(&self, host: &HostId, name: Option<&str>) -> Result<Vec<SysctlChange>, StorageError>;
 
     /// A host's counts over time, raw or averaged per step.
     async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError>;

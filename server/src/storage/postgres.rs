@@ -14,6 +14,7 @@ use super::records::{AgentSession, CommitBookkeeping, RunKeys};
 use super::rows::{count_values, family_counts};
 use super::{
     HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, Store, StorageError,
+    SysctlChange,
 };
 
 /// Storage in a PostgreSQL database: the backend for fleets and for several server replicas.
@@ -162,6 +163,21 @@ impl Store for PostgresStore {
             sysctls,
             dropped_reports: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
         }))
+    }
+
+    async fn sysctl_history(&self, host: &HostId, name: Option<&str>) -> Result<Vec<SysctlChange>, StorageError> {
+        let rows: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT s.name, s.value, s.changed_at FROM sysctl_changes s JOIN hosts h ON h.host_key = s.host_key \
+             WHERE h.host_id = $1 AND ($2::text IS NULL OR s.name = $2) ORDER BY s.changed_at, s.name",
+        )
+        .bind(host.as_str())
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, value, changed_at)| SysctlChange { name, value, changed_at })
+            .collect())
     }
 
     async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError> {

@@ -83,6 +83,16 @@ pub struct HostDetail {
     pub dropped_reports: u64,
 }
 
+/// One recorded value of a sysctl: the first one seen, or a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SysctlChange {
+    pub name: String,
+    /// `None` when the kernel lacks the setting.
+    pub value: Option<String>,
+    /// Collection time of the report that first showed this value.
+    pub changed_at: DateTime<Utc>,
+}
+
 /// A time range of one host's counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesQuery {

@@ -15,6 +15,7 @@ use super::records::{AgentSession, CommitBookkeeping, RunKeys};
 use super::rows::{count_values, family_counts};
 use super::{
     HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, Store, StorageError,
+    SysctlChange,
 };
 
 /// Storage in one SQLite file (WAL mode, fully synchronous commits so an acknowledged report survives a
@@ -163,6 +164,26 @@ impl Store for SqliteStore {
             sysctls,
             dropped_reports: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
         }))
+    }
+
+    async fn sysctl_history(&self, host: &HostId, name: Option<&str>) -> Result<Vec<SysctlChange>, StorageError> {
+        let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT s.name, s.value, s.changed_at FROM sysctl_changes s JOIN hosts h ON h.host_key = s.host_key \
+             WHERE h.host_id = ?1 AND (?2 IS NULL OR s.name = ?2) ORDER BY s.changed_at, s.name",
+        )
+        .bind(host.as_str())
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(name, value, changed_at)| {
+                Ok(SysctlChange {
+                    name,
+                    value,
+                    changed_at: millis_to_time(changed_at)?,
+                })
+            })
+            .collect()
     }
 
     async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError> {

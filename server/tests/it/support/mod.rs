@@ -1,0 +1,41 @@
+//! What the integration tests share: fresh databases, server and agent processes, an HTTP client.
+
+pub mod database;
+pub mod process;
+
+use std::time::Duration;
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GETs `url` and returns the status and JSON body.
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+    let status = response.status().as_u16();
+    let body = response
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: body is not JSON: {error}"));
+    (status, body)
+}
