@@ -12,7 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["sockfleet/v1/ingest.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sockfleet_descriptor.bin"))
-        .compile_protos(&protos.map(PathBuf::from), &[PathBuf::from("."), well_known])?;
+        .compile_protos(
+            &protos.map(PathBuf::from),
+            &[PathBuf::from("."), well_known],
+        )?;
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -68,7 +68,8 @@ impl AgentArgs {
 
 /// Parses a collection period such as `10s` and checks it is within bounds.
 pub fn parse_interval(raw: &str) -> Result<Duration, String> {
-    let interval = humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration: {e}"))?;
+    let interval =
+        humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration: {e}"))?;
     if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
         return Err(format!(
             "{raw} is outside the allowed range {} to {}",
@@ -85,7 +86,9 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label {raw:?} is not KEY=VALUE"))?;
     let key_ok = !key.is_empty()
         && key.len() <= 128
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
     if !key_ok {
         return Err(format!(
             "label key {key:?} must be 1-128 ASCII letters, digits, '_', '.', '-' or '/'"
@@ -119,7 +122,9 @@ mod tests {
 
     #[test]
     fn repeated_label_keeps_its_last_value() {
-        let args = AgentArgs::try_parse_from(["sockfleet-agent", "--label", "a=1", "--label", "a=2"]).unwrap();
+        let args =
+            AgentArgs::try_parse_from(["sockfleet-agent", "--label", "a=1", "--label", "a=2"])
+                .unwrap();
         assert_eq!(args.label_map().get("a").map(String::as_str), Some("2"));
     }
 }

@@ -38,7 +38,8 @@ impl HostIdentity {
         Ok(HostIdentity {
             host_id,
             hostname: read_trimmed(Path::new("/proc/sys/kernel/hostname")).unwrap_or_default(),
-            kernel_release: read_trimmed(Path::new("/proc/sys/kernel/osrelease")).unwrap_or_default(),
+            kernel_release: read_trimmed(Path::new("/proc/sys/kernel/osrelease"))
+                .unwrap_or_default(),
         })
     }
 }

@@ -13,7 +13,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let args = AgentArgs::parse();
     init_logging(&args.log);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sockfleet-agent: cannot start the async runtime: {error}");
@@ -38,7 +41,9 @@ async fn run(args: AgentArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(server) = args.server else {
-        bail!("nothing to do: pass --server URL to stream to a server, or --once to print one snapshot");
+        bail!(
+            "nothing to do: pass --server URL to stream to a server, or --once to print one snapshot"
+        );
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -49,7 +54,10 @@ async fn run(args: AgentArgs) -> anyhow::Result<()> {
 fn settings_from(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
     let labels = args.label_map();
     if labels.len() > MAX_LABELS {
-        bail!("{} labels given; at most {MAX_LABELS} are allowed", labels.len());
+        bail!(
+            "{} labels given; at most {MAX_LABELS} are allowed",
+            labels.len()
+        );
     }
     Ok(AgentSettings {
         identity: HostIdentity::detect(args.host_id.as_deref())?,
@@ -63,9 +71,10 @@ fn settings_from(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT; stop the agent with SIGKILL");
         return;
     };

@@ -9,7 +9,9 @@ use std::process::Command;
 
 use sockfleet_domain::FamilyCounts;
 use sockfleet_testkit::command::run;
-use sockfleet_testkit::{IsolatedNamespace, open_known_states, plus, show, ss_counts, wait_until_settled};
+use sockfleet_testkit::{
+    IsolatedNamespace, open_known_states, plus, show, ss_counts, wait_until_settled,
+};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_sockfleet-agent");
 
@@ -65,7 +67,13 @@ fn check_collector(collector: &str) {
 /// The state counts of one `sockfleet-agent --once` run with the given collector.
 fn agent_counts(collector: &str) -> FamilyCounts {
     let mut command = Command::new(AGENT);
-    command.args(["--once", "--host-id", "accuracy-test", "--collector", collector]);
+    command.args([
+        "--once",
+        "--host-id",
+        "accuracy-test",
+        "--collector",
+        collector,
+    ]);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SOCKFLEET_") {
             command.env_remove(&name);
@@ -79,7 +87,12 @@ fn agent_counts(collector: &str) -> FamilyCounts {
         Some(collector),
         "the agent used another collector:\n{output}"
     );
-    assert_eq!(snapshot["host_id"].as_str(), Some("accuracy-test"), "{output}");
-    serde_json::from_value(snapshot["states"].clone())
-        .unwrap_or_else(|error| panic!("no per-family state counts in the snapshot ({error}):\n{output}"))
+    assert_eq!(
+        snapshot["host_id"].as_str(),
+        Some("accuracy-test"),
+        "{output}"
+    );
+    serde_json::from_value(snapshot["states"].clone()).unwrap_or_else(|error| {
+        panic!("no per-family state counts in the snapshot ({error}):\n{output}")
+    })
 }

@@ -11,7 +11,9 @@ pub enum InvalidHostId {
     Empty,
     #[error("host id is {0} bytes long; at most {max} are allowed", max = HostId::MAX_LEN)]
     TooLong(usize),
-    #[error("host id contains {0:?}; only ASCII letters, digits and '.', '_', ':', '-' are allowed")]
+    #[error(
+        "host id contains {0:?}; only ASCII letters, digits and '.', '_', ':', '-' are allowed"
+    )]
     BadCharacter(char),
 }
 
@@ -82,7 +84,10 @@ mod tests {
     #[test]
     fn rejects_bad_ids() {
         assert_eq!(HostId::parse(""), Err(InvalidHostId::Empty));
-        assert_eq!(HostId::parse(&"a".repeat(129)), Err(InvalidHostId::TooLong(129)));
+        assert_eq!(
+            HostId::parse(&"a".repeat(129)),
+            Err(InvalidHostId::TooLong(129))
+        );
         assert_eq!(HostId::parse("a/b"), Err(InvalidHostId::BadCharacter('/')));
         assert_eq!(HostId::parse("a b"), Err(InvalidHostId::BadCharacter(' ')));
     }

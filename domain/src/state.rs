@@ -42,7 +42,9 @@ impl TcpState {
     /// The state with the kernel's number, or `None` for numbers the kernel does not use for TCP sockets
     /// (12 is `TCP_NEW_SYN_RECV`, which sock_diag reports as SYN_RECV; see [`TcpState::from_diag`]).
     pub fn from_kernel(number: u8) -> Option<TcpState> {
-        TcpState::ALL.get(usize::from(number).checked_sub(1)?).copied()
+        TcpState::ALL
+            .get(usize::from(number).checked_sub(1)?)
+            .copied()
     }
 
     /// The state as `sock_diag` or `/proc/net/tcp` reports it, folding the kernel's internal
@@ -83,7 +85,11 @@ impl TcpState {
             .filter(|c| *c != '-' && *c != '_')
             .map(|c| c.to_ascii_lowercase())
             .collect();
-        let squashed = if squashed == "estab" { "established".to_owned() } else { squashed };
+        let squashed = if squashed == "estab" {
+            "established".to_owned()
+        } else {
+            squashed
+        };
         TcpState::ALL
             .into_iter()
             .find(|state| state.name().replace('_', "") == squashed)
@@ -133,7 +139,9 @@ impl StateCounts {
 
     /// Each state with its count, in kernel order.
     pub fn iter(&self) -> impl Iterator<Item = (TcpState, u64)> + '_ {
-        TcpState::ALL.into_iter().map(|state| (state, self.get(state)))
+        TcpState::ALL
+            .into_iter()
+            .map(|state| (state, self.get(state)))
     }
 
     /// Per-state sum of two count sets.

@@ -15,5 +15,6 @@ pub mod v1 {
     pub const REFUSED_SEQUENCE_HEADER: &str = "sockfleet-refused-sequence";
 
     /// Encoded `FileDescriptorSet` of every sockfleet proto, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sockfleet_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("sockfleet_descriptor");
 }

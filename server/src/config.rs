@@ -100,7 +100,9 @@ impl ServerConfig {
         };
         let agent_interval = match (args.agent_interval, file.agent_interval.as_deref()) {
             (Some(interval), _) => Some(interval),
-            (None, Some(raw)) => Some(parse_agent_interval(raw).map_err(|e| anyhow::anyhow!("agent_interval: {e}"))?),
+            (None, Some(raw)) => Some(
+                parse_agent_interval(raw).map_err(|e| anyhow::anyhow!("agent_interval: {e}"))?,
+            ),
             (None, None) => None,
         };
         let (database_url, data_dir) = match args.database_url.or(file.database_url) {
@@ -109,7 +111,10 @@ impl ServerConfig {
                 (url, folder)
             }
             None => {
-                let dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+                let dir = args
+                    .data_dir
+                    .or(file.data_dir)
+                    .unwrap_or_else(default_data_dir);
                 let url = format!("sqlite://{}", dir.join("sockfleet.db").display());
                 (url, Some(dir))
             }
@@ -128,8 +133,10 @@ impl ServerConfig {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))
 }
 
 fn batch_settings(file: &IngestFileConfig) -> anyhow::Result<BatchSettings> {
@@ -144,7 +151,10 @@ fn batch_settings(file: &IngestFileConfig) -> anyhow::Result<BatchSettings> {
             .map_err(|e| anyhow::anyhow!("ingest.batch_delay: {raw:?} is not a duration: {e}"))?,
     };
     if max_delay > Duration::from_secs(1) {
-        bail!("ingest.batch_delay must be at most 1s (got {})", humantime::format_duration(max_delay));
+        bail!(
+            "ingest.batch_delay must be at most 1s (got {})",
+            humantime::format_duration(max_delay)
+        );
     }
     let queue_capacity = file.queue_capacity.unwrap_or(defaults.queue_capacity);
     if !(1..=1_000_000).contains(&queue_capacity) {
@@ -162,14 +172,23 @@ fn parse_agent_interval(raw: &str) -> Result<Duration, String> {
 }
 
 fn sqlite_folder(url: &str) -> Option<PathBuf> {
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = path.split('?').next().unwrap_or(path);
-    Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_owned)
+    Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_owned)
 }
 
 fn default_data_dir() -> PathBuf {
-    let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".local/share"));
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|home| PathBuf::from(home).join(".local/share"));
     xdg.or(home)
         .map(|base| base.join("sockfleet"))
         .unwrap_or_else(|| PathBuf::from("sockfleet-data"))
@@ -180,7 +199,10 @@ mod tests {
     use super::*;
 
     fn write(contents: &str) -> (PathBuf, ServerArgs) {
-        let path = std::env::temp_dir().join(format!("sockfleet-config-{}.toml", std::process::id() as u64 * 1000 + contents.len() as u64));
+        let path = std::env::temp_dir().join(format!(
+            "sockfleet-config-{}.toml",
+            std::process::id() as u64 * 1000 + contents.len() as u64
+        ));
         std::fs::write(&path, contents).unwrap();
         let args = ServerArgs {
             config: Some(path.clone()),
@@ -202,7 +224,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let (path, mut args) = write("listen = \"127.0.0.1:9000\"\nlocal_agent = true\n[ingest]\nmax_batch = 50\n");
+        let (path, mut args) =
+            write("listen = \"127.0.0.1:9000\"\nlocal_agent = true\n[ingest]\nmax_batch = 50\n");
         args.listen = Some("127.0.0.1:9100".parse().unwrap());
         let config = ServerConfig::load(args).unwrap();
         std::fs::remove_file(path).unwrap();
@@ -226,7 +249,10 @@ mod tests {
 
     #[test]
     fn sqlite_folder_of_url() {
-        assert_eq!(sqlite_folder("sqlite:///var/lib/x/db.sqlite?mode=rwc"), Some(PathBuf::from("/var/lib/x")));
+        assert_eq!(
+            sqlite_folder("sqlite:///var/lib/x/db.sqlite?mode=rwc"),
+            Some(PathBuf::from("/var/lib/x"))
+        );
         assert_eq!(sqlite_folder("postgres://db/x"), None);
     }
 }

@@ -18,7 +18,11 @@ const BACKLOG: usize = 8640;
 
 /// Starts the in-process agent streaming to the server at `listen`; it stops (after delivering what it
 /// holds) when `shutdown` is cancelled.
-pub fn spawn(listen: SocketAddr, interval: Option<Duration>, shutdown: CancellationToken) -> JoinHandle<()> {
+pub fn spawn(
+    listen: SocketAddr,
+    interval: Option<Duration>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let identity = match HostIdentity::detect(None) {
             Ok(identity) => identity,
@@ -57,8 +61,17 @@ mod tests {
 
     #[test]
     fn wildcard_addresses_become_loopback() {
-        assert_eq!(server_url("0.0.0.0:7070".parse().unwrap()), "http://127.0.0.1:7070");
-        assert_eq!(server_url("[::]:7070".parse().unwrap()), "http://[::1]:7070");
-        assert_eq!(server_url("10.1.2.3:7070".parse().unwrap()), "http://10.1.2.3:7070");
+        assert_eq!(
+            server_url("0.0.0.0:7070".parse().unwrap()),
+            "http://127.0.0.1:7070"
+        );
+        assert_eq!(
+            server_url("[::]:7070".parse().unwrap()),
+            "http://[::1]:7070"
+        );
+        assert_eq!(
+            server_url("10.1.2.3:7070".parse().unwrap()),
+            "http://10.1.2.3:7070"
+        );
     }
 }

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sockfleet-server: cannot start the async runtime: {error}");
@@ -41,7 +44,8 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let address = app.local_addr()?;
     // One plain line on stdout that scripts (and the tests) can read to learn the bound port.
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "sockfleet-server listening on http://{address}").context("cannot write to stdout")?;
+    writeln!(stdout, "sockfleet-server listening on http://{address}")
+        .context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")?;
     drop(stdout);
     tracing::info!(%address, local_agent, "serving gRPC, API and dashboard");
@@ -52,8 +56,10 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot listen for SIGTERM/SIGINT; stop the server with SIGKILL");
         return;
     };
@@ -66,6 +72,9 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 
 fn init_logging(filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -33,9 +33,12 @@ impl Application {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         }
-        let store = storage::open(&config.database_url)
-            .await
-            .with_context(|| format!("cannot open the database {}", redact_password(&config.database_url)))?;
+        let store = storage::open(&config.database_url).await.with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact_password(&config.database_url)
+            )
+        })?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -48,7 +51,9 @@ impl Application {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listener.local_addr().context("listening socket has no address")
+        self.listener
+            .local_addr()
+            .context("listening socket has no address")
     }
 
     /// Serves until `shutdown` is cancelled, then stops in order: the local agent delivers what it has,
@@ -72,7 +77,9 @@ impl Application {
                 .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1().context("cannot build gRPC reflection")?;
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("cannot build gRPC reflection")?;
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .context("cannot build gRPC reflection")?;
@@ -110,7 +117,10 @@ impl Application {
             .set_not_serving::<v1::ingest_server::IngestServer<IngestService>>()
             .await;
         serving.cancel();
-        server.await.context("server task failed")?.context("server failed")?;
+        server
+            .await
+            .context("server task failed")?
+            .context("server failed")?;
         drain(writer_task).await;
         tracing::info!("stopped");
         Ok(())
@@ -121,6 +131,8 @@ async fn drain(writer_task: JoinHandle<()>) {
     match tokio::time::timeout(DRAIN_TIMEOUT, writer_task).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "batch writer failed"),
-        Err(_) => tracing::error!("batch writer did not finish within 10 s; unacknowledged reports will be resent by agents"),
+        Err(_) => tracing::error!(
+            "batch writer did not finish within 10 s; unacknowledged reports will be resent by agents"
+        ),
     }
 }

@@ -62,4 +62,3 @@ fn describe(command: &Command) -> String {
     }
     shown
 }
-

@@ -37,7 +37,10 @@ impl IsolatedNamespace {
                 run(Command::new("ip").args(["link", "set", "lo", "up"]));
                 // SAFETY: gettid has no arguments and cannot fail.
                 let tid = unsafe { libc::gettid() };
-                let _ = ready_tx.send(Ok(format!("/proc/{}/task/{tid}/ns/net", std::process::id())));
+                let _ = ready_tx.send(Ok(format!(
+                    "/proc/{}/task/{tid}/ns/net",
+                    std::process::id()
+                )));
                 for job in incoming {
                     job();
                 }

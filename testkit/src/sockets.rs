@@ -210,4 +210,3 @@ fn set_receive_buffer(listener: &TcpListener, bytes: libc::c_int) {
 fn add(counts: &mut StateCounts, state: TcpState, more: u64) {
     counts.set(state, counts.get(state) + more);
 }
-

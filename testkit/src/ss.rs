@@ -34,7 +34,6 @@ fn parse_ss(output: &str) -> StateCounts {
     counts
 }
 
-
 /// Polls `ss` until it shows `target`: closing handshakes finish on the kernel's time, not ours.
 pub fn wait_until_settled(target: &FamilyCounts) {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
@@ -52,7 +51,6 @@ pub fn wait_until_settled(target: &FamilyCounts) {
         thread::sleep(Duration::from_millis(50));
     }
 }
-
 
 /// The counts as JSON with state names, so a failed comparison says which state differs.
 pub fn show(counts: &FamilyCounts) -> String {

@@ -34,7 +34,10 @@ pub struct CollectorThread {
 impl CollectorThread {
     /// Starts the thread, enters `netns` (a `/proc/PID/ns/net` or `/run/netns/NAME` path) if given, and
     /// opens the socket reader there. Fails if the namespace cannot be entered or no reader works.
-    pub fn spawn(choice: CollectorChoice, netns: Option<PathBuf>) -> Result<CollectorThread, CollectError> {
+    pub fn spawn(
+        choice: CollectorChoice,
+        netns: Option<PathBuf>,
+    ) -> Result<CollectorThread, CollectError> {
         let (requests, mut incoming) = async_mpsc::channel::<Reply>(1);
         let (ready_tx, ready_rx) = mpsc::channel();
         thread::Builder::new()

@@ -45,7 +45,10 @@ impl Backlog {
                 }
             }
             None => {
-                tracing::debug!(sequence = oldest.sequence, "dropped the only pending report");
+                tracing::debug!(
+                    sequence = oldest.sequence,
+                    "dropped the only pending report"
+                );
             }
         }
         Some(oldest.sequence)
@@ -53,7 +56,11 @@ impl Backlog {
 
     /// Forgets every report up to and including `sequence`: the server has committed them.
     pub fn acknowledge(&mut self, sequence: u64) {
-        while self.reports.front().is_some_and(|report| report.sequence <= sequence) {
+        while self
+            .reports
+            .front()
+            .is_some_and(|report| report.sequence <= sequence)
+        {
             self.reports.pop_front();
         }
     }
@@ -61,7 +68,9 @@ impl Backlog {
     /// The oldest report with a sequence above `sequence`: the next one to send on a stream that has
     /// sent everything up to `sequence`.
     pub fn next_after(&self, sequence: u64) -> Option<&Report> {
-        let index = self.reports.partition_point(|report| report.sequence <= sequence);
+        let index = self
+            .reports
+            .partition_point(|report| report.sequence <= sequence);
         self.reports.get(index)
     }
 

@@ -114,7 +114,10 @@ async fn stream_once(
     let hello = v1::AgentMessage {
         body: Some(v1::agent_message::Body::Hello(target.hello.clone())),
     };
-    outbound.send(hello).await.map_err(|_| StreamError::Closed)?;
+    outbound
+        .send(hello)
+        .await
+        .map_err(|_| StreamError::Closed)?;
     let mut inbound = IngestClient::new(channel)
         .max_decoding_message_size(64 * 1024)
         .stream(ReceiverStream::new(outbound_rx))

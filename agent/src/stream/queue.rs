@@ -7,8 +7,8 @@ use tokio::sync::Notify;
 
 use super::backlog::Backlog;
 use super::report::ReportBuilder;
-use sockfleet_domain::Report;
 use crate::collect::Collection;
+use sockfleet_domain::Report;
 
 /// Where the collection loop puts reports and the stream takes them from.
 ///
@@ -74,7 +74,10 @@ impl ReportQueue {
 
     /// Sequence of the oldest report not yet acknowledged.
     pub fn oldest_pending(&self) -> Option<u64> {
-        self.lock().backlog.next_after(0).map(|report| report.sequence)
+        self.lock()
+            .backlog
+            .next_after(0)
+            .map(|report| report.sequence)
     }
 
     /// Makes the next report carry every sysctl (after a reconnect).

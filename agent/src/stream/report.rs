@@ -59,7 +59,10 @@ mod tests {
         Collection {
             states: FamilyCounts::default(),
             sysctls: [
-                ("net.ipv4.tcp_fin_timeout".to_owned(), Some(fin_timeout.to_owned())),
+                (
+                    "net.ipv4.tcp_fin_timeout".to_owned(),
+                    Some(fin_timeout.to_owned()),
+                ),
                 ("net.ipv4.tcp_tw_recycle".to_owned(), None),
             ]
             .into(),
@@ -76,7 +79,10 @@ mod tests {
         assert_eq!((second.sequence, second.sysctls.len()), (2, 0));
         let third = builder.build(now, collection("30"));
         assert_eq!(third.sysctls.len(), 1);
-        assert_eq!(third.sysctls["net.ipv4.tcp_fin_timeout"].as_deref(), Some("30"));
+        assert_eq!(
+            third.sysctls["net.ipv4.tcp_fin_timeout"].as_deref(),
+            Some("30")
+        );
         builder.send_full_sysctls();
         assert_eq!(builder.build(now, collection("30")).sysctls.len(), 2);
         assert_eq!(builder.last_sequence(), 4);

@@ -19,5 +19,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .ping()
         .await
         .map_err(|error| ApiError::unavailable(format!("database unreachable: {error}")))?;
-    Ok(Json(json!({ "status": "ready", "database": state.store.backend() })))
+    Ok(Json(
+        json!({ "status": "ready", "database": state.store.backend() }),
+    ))
 }

@@ -38,7 +38,10 @@ pub struct HostList {
 }
 
 /// `GET /api/v1/hosts?limit=&after=`
-pub async fn list(State(state): State<AppState>, Params(params): Params<ListParams>) -> Result<Json<HostList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Params(params): Params<ListParams>,
+) -> Result<Json<HostList>, ApiError> {
     let limit = params::limit(params.limit, DEFAULT_HOSTS, MAX_HOSTS)?;
     let after = params.after.as_deref().map(host_id).transpose()?;
     let hosts = state.store.list_hosts(&HostPage { after, limit }).await?;
@@ -49,7 +52,10 @@ pub async fn list(State(state): State<AppState>, Params(params): Params<ListPara
 }
 
 /// `GET /api/v1/hosts/{host_id}`
-pub async fn detail(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<HostDetail>, ApiError> {
+pub async fn detail(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<HostDetail>, ApiError> {
     let id = host_id(&raw_id)?;
     state
         .store
@@ -89,7 +95,12 @@ pub async fn series(
     Params(params): Params<SeriesParams>,
 ) -> Result<Json<Series>, ApiError> {
     let id = host_id(&raw_id)?;
-    let to = params.to.as_deref().map(|raw| params::timestamp("to", raw)).transpose()?.unwrap_or_else(Utc::now);
+    let to = params
+        .to
+        .as_deref()
+        .map(|raw| params::timestamp("to", raw))
+        .transpose()?
+        .unwrap_or_else(Utc::now);
     let from = match params.from.as_deref() {
         Some(raw) => params::timestamp("from", raw)?,
         None => to - DEFAULT_RANGE,
@@ -98,19 +109,40 @@ pub async fn series(
         return Err(ApiError::bad_request("from must be earlier than to"));
     }
     if to - from > MAX_RANGE {
-        return Err(ApiError::bad_request("the range from..to may cover at most 400 days"));
+        return Err(ApiError::bad_request(
+            "the range from..to may cover at most 400 days",
+        ));
     }
-    let step = params.step.as_deref().map(|raw| params::duration("step", raw)).transpose()?;
+    let step = params
+        .step
+        .as_deref()
+        .map(|raw| params::duration("step", raw))
+        .transpose()?;
     if let Some(step) = step
         && !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&step)
     {
-        return Err(ApiError::bad_request("step must be between 1 second and 1 day"));
+        return Err(ApiError::bad_request(
+            "step must be between 1 second and 1 day",
+        ));
     }
     let limit = params::limit(params.limit, DEFAULT_POINTS, MAX_POINTS)?;
     if state.store.host(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no host {id} has reported to this server")));
+        return Err(ApiError::not_found(format!(
+            "no host {id} has reported to this server"
+        )));
     }
-    let points = state.store.series(&id, &SeriesQuery { from, to, step, limit }).await?;
+    let points = state
+        .store
+        .series(
+            &id,
+            &SeriesQuery {
+                from,
+                to,
+                step,
+                limit,
+            },
+        )
+        .await?;
     Ok(Json(Series {
         host_id: id,
         from,
@@ -143,15 +175,29 @@ pub async fn sysctl_history(
 ) -> Result<Json<SysctlHistory>, ApiError> {
     let id = host_id(&raw_id)?;
     if let Some(name) = &params.name
-        && (name.is_empty() || name.len() > 128 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.')))
+        && (name.is_empty()
+            || name.len() > 128
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.')))
     {
-        return Err(ApiError::bad_request(format!("name={name:?} is not a sysctl name such as net.ipv4.tcp_tw_reuse")));
+        return Err(ApiError::bad_request(format!(
+            "name={name:?} is not a sysctl name such as net.ipv4.tcp_tw_reuse"
+        )));
     }
     if state.store.host(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no host {id} has reported to this server")));
+        return Err(ApiError::not_found(format!(
+            "no host {id} has reported to this server"
+        )));
     }
-    let changes = state.store.sysctl_history(&id, params.name.as_deref()).await?;
-    Ok(Json(SysctlHistory { host_id: id, changes }))
+    let changes = state
+        .store
+        .sysctl_history(&id, params.name.as_deref())
+        .await?;
+    Ok(Json(SysctlHistory {
+        host_id: id,
+        changes,
+    }))
 }
 
 fn host_id(raw: &str) -> Result<HostId, ApiError> {

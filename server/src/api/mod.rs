@@ -33,7 +33,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{host_id}", get(hosts::detail))
         .route("/api/v1/hosts/{host_id}/series", get(hosts::series))
-        .route("/api/v1/hosts/{host_id}/sysctls/history", get(hosts::sysctl_history))
+        .route(
+            "/api/v1/hosts/{host_id}/sysctls/history",
+            get(hosts::sysctl_history),
+        )
         .with_state(state)
 }
 
@@ -47,10 +50,21 @@ pub async fn fallback(request: Request<axum::body::Body>) -> Response {
     if is_grpc {
         let mut response = StatusCode::OK.into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from_static("12"));
-        headers.insert("grpc-message", HeaderValue::from_static("unknown%20service"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("unknown%20service"),
+        );
         return response;
     }
-    ApiError::not_found(format!("no such endpoint: {} {}", request.method(), request.uri().path())).into_response()
+    ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+    .into_response()
 }

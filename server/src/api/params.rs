@@ -41,8 +41,11 @@ pub fn duration(name: &str, raw: &str) -> Result<std::time::Duration, ApiError> 
     if let Ok(seconds) = raw.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(seconds));
     }
-    humantime::parse_duration(raw)
-        .map_err(|_| ApiError::bad_request(format!("{name}={raw:?} is not a duration such as 60, 30s, 5m or 1h")))
+    humantime::parse_duration(raw).map_err(|_| {
+        ApiError::bad_request(format!(
+            "{name}={raw:?} is not a duration such as 60, 30s, 5m or 1h"
+        ))
+    })
 }
 
 /// Checks a `limit` parameter against its maximum, applying the default when absent.
@@ -50,7 +53,9 @@ pub fn limit(raw: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> 
     match raw {
         None => Ok(default),
         Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
-        Some(limit) if limit > max => Err(ApiError::bad_request(format!("limit must be at most {max}"))),
+        Some(limit) if limit > max => Err(ApiError::bad_request(format!(
+            "limit must be at most {max}"
+        ))),
         Some(limit) => Ok(limit),
     }
 }

@@ -56,7 +56,10 @@ pub type Commit = oneshot::Receiver<Result<(), CommitError>>;
 impl BatchWriter {
     /// Starts the writer task on `store`. It ends when every `BatchWriter` clone is dropped, after
     /// committing what it was given.
-    pub fn spawn(store: Arc<dyn Store>, settings: BatchSettings) -> (BatchWriter, tokio::task::JoinHandle<()>) {
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        settings: BatchSettings,
+    ) -> (BatchWriter, tokio::task::JoinHandle<()>) {
         let (jobs, incoming) = mpsc::channel(settings.queue_capacity.max(1));
         let task = tokio::spawn(write_batches(store, incoming, settings));
         (BatchWriter { jobs }, task)
@@ -73,9 +76,14 @@ impl BatchWriter {
     }
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut incoming: mpsc::Receiver<Job>, settings: BatchSettings) {
+async fn write_batches(
+    store: Arc<dyn Store>,
+    mut incoming: mpsc::Receiver<Job>,
+    settings: BatchSettings,
+) {
     let mut reports: Vec<IncomingReport> = Vec::with_capacity(settings.max_reports);
-    let mut waiters: Vec<oneshot::Sender<Result<(), CommitError>>> = Vec::with_capacity(settings.max_reports);
+    let mut waiters: Vec<oneshot::Sender<Result<(), CommitError>>> =
+        Vec::with_capacity(settings.max_reports);
     while let Some(first) = incoming.recv().await {
         let deadline = Instant::now() + settings.max_delay;
         let mut next = Some(first);
@@ -94,7 +102,9 @@ async fn write_batches(store: Arc<dyn Store>, mut incoming: mpsc::Receiver<Job>,
             .await
             .map_err(|error| CommitError::Storage(error.to_string()));
         match &outcome {
-            Ok(()) => tracing::debug!(reports = reports.len(), elapsed = ?started.elapsed(), "batch committed"),
+            Ok(()) => {
+                tracing::debug!(reports = reports.len(), elapsed = ?started.elapsed(), "batch committed")
+            }
             Err(error) => tracing::error!(%error, reports = reports.len(), "batch commit failed"),
         }
         for waiter in waiters.drain(..) {

@@ -81,9 +81,16 @@ impl v1::ingest_server::Ingest for IngestService {
             protocol_version: v1::PROTOCOL_VERSION,
         });
         send(&outbound, welcome).await;
-        if let Some(interval) = self.agent_interval.filter(|interval| *interval != session.hello.interval) {
+        if let Some(interval) = self
+            .agent_interval
+            .filter(|interval| *interval != session.hello.interval)
+        {
             let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
-            send(&outbound, ServerBody::Settings(v1::Settings { interval_ms })).await;
+            send(
+                &outbound,
+                ServerBody::Settings(v1::Settings { interval_ms }),
+            )
+            .await;
         }
         tracing::info!(
             host_id = %session.hello.host_id,
@@ -106,10 +113,15 @@ impl v1::ingest_server::Ingest for IngestService {
 }
 
 impl IngestService {
-    async fn receive_hello(&self, inbound: &mut Streaming<v1::AgentMessage>) -> Result<sockfleet_domain::AgentHello, Status> {
+    async fn receive_hello(
+        &self,
+        inbound: &mut Streaming<v1::AgentMessage>,
+    ) -> Result<sockfleet_domain::AgentHello, Status> {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 30 seconds of opening the stream"))?
+            .map_err(|_| {
+                Status::deadline_exceeded("no hello within 30 seconds of opening the stream")
+            })?
             .map_err(transport_status)?;
         let hello = match first.and_then(|message| message.body) {
             Some(AgentBody::Hello(hello)) => hello,
@@ -172,7 +184,11 @@ async fn read_reports(
                                 dropped_reports,
                             };
                             let commit = writer.submit(incoming).await;
-                            if pending.send(Pending::Commit { sequence, commit }).await.is_err() {
+                            if pending
+                                .send(Pending::Commit { sequence, commit })
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -180,7 +196,9 @@ async fn read_reports(
                     }
                 }
                 Some(AgentBody::Hello(_)) => {
-                    break Some(Status::failed_precondition("hello sent twice on one stream"));
+                    break Some(Status::failed_precondition(
+                        "hello sent twice on one stream",
+                    ));
                 }
                 None => tracing::debug!("ignoring a message of a kind this server does not know"),
             },
@@ -208,7 +226,9 @@ async fn acknowledge_in_order(
                 Ok(Err(error)) => Err(Status::unavailable(format!(
                     "report {sequence} was not stored ({error}); reconnect and send it again"
                 ))),
-                Err(_) => Err(Status::unavailable("the server is shutting down; reconnect")),
+                Err(_) => Err(Status::unavailable(
+                    "the server is shutting down; reconnect",
+                )),
             },
             Pending::Fail(status) => Err(status),
         };
@@ -232,7 +252,9 @@ async fn send(outbound: &mpsc::Sender<Result<v1::ServerMessage, Status>>, body: 
 fn refusal(sequence: u64, invalid: &validate::Invalid) -> Status {
     let mut status = Status::invalid_argument(format!("report {sequence} refused: {invalid}"));
     if let Ok(value) = MetadataValue::try_from(sequence.to_string()) {
-        status.metadata_mut().insert(v1::REFUSED_SEQUENCE_HEADER, value);
+        status
+            .metadata_mut()
+            .insert(v1::REFUSED_SEQUENCE_HEADER, value);
     }
     status
 }

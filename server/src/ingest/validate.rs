@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sockfleet_domain::{AgentHello, Collector, FamilyCounts, HostId, Report, StateCounts, SysctlValues};
+use sockfleet_domain::{
+    AgentHello, Collector, FamilyCounts, HostId, Report, StateCounts, SysctlValues,
+};
 use sockfleet_proto::v1;
 
 /// Largest plausible number of sockets in one state of one family (far above what a host can hold).
@@ -28,7 +30,8 @@ pub const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(10);
 /// How old a collection time may be (an agent's backlog after a long outage).
 pub const MAX_REPORT_AGE: TimeDelta = TimeDelta::days(30);
 /// Collection periods an agent may announce.
-pub const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(3600);
+pub const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
 
 /// Why a message was refused; the text names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,11 +50,15 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
 
 /// Validates a hello (its protocol version is checked by the caller).
 pub fn hello(message: v1::Hello) -> Result<AgentHello, Invalid> {
-    let host_id = HostId::parse(&message.host_id).map_err(|e| invalid("hello.host_id", e.to_string()))?;
+    let host_id =
+        HostId::parse(&message.host_id).map_err(|e| invalid("hello.host_id", e.to_string()))?;
     let collector = Collector::from_name(&message.collector).ok_or_else(|| {
         invalid(
             "hello.collector",
-            format!("{:?} is not a known collector (netlink, procfs)", message.collector),
+            format!(
+                "{:?} is not a known collector (netlink, procfs)",
+                message.collector
+            ),
         )
     })?;
     let interval = Duration::from_millis(u64::from(message.interval_ms));
@@ -84,7 +91,10 @@ pub fn hello(message: v1::Hello) -> Result<AgentHello, Invalid> {
 
 fn text(field: &str, value: String) -> Result<String, Invalid> {
     if value.len() > MAX_TEXT {
-        return Err(invalid(field, format!("{} bytes long; at most {MAX_TEXT} allowed", value.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes long; at most {MAX_TEXT} allowed", value.len()),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(field, "contains control characters"));
@@ -92,25 +102,36 @@ fn text(field: &str, value: String) -> Result<String, Invalid> {
     Ok(value)
 }
 
-fn labels(raw: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Invalid> {
+fn labels(
+    raw: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, Invalid> {
     if raw.len() > MAX_LABELS {
-        return Err(invalid("hello.labels", format!("{} labels; at most {MAX_LABELS} allowed", raw.len())));
+        return Err(invalid(
+            "hello.labels",
+            format!("{} labels; at most {MAX_LABELS} allowed", raw.len()),
+        ));
     }
     let mut labels = BTreeMap::new();
     for (key, value) in raw {
         let key_ok = !key.is_empty()
             && key.len() <= MAX_LABEL_KEY
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/'));
         if !key_ok {
             return Err(invalid(
                 format!("hello.labels[{key:?}]"),
-                format!("a key must be 1-{MAX_LABEL_KEY} ASCII letters, digits, '_', '.', '-' or '/'"),
+                format!(
+                    "a key must be 1-{MAX_LABEL_KEY} ASCII letters, digits, '_', '.', '-' or '/'"
+                ),
             ));
         }
         if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
             return Err(invalid(
                 format!("hello.labels[{key:?}]"),
-                format!("a value must be at most {MAX_LABEL_VALUE} bytes without control characters"),
+                format!(
+                    "a value must be at most {MAX_LABEL_VALUE} bytes without control characters"
+                ),
             ));
         }
         labels.insert(key, value);
@@ -133,7 +154,9 @@ pub fn report(message: v1::Report, now: DateTime<Utc>) -> Result<(Report, u64), 
     if collected_at > now + MAX_CLOCK_AHEAD {
         return Err(invalid(
             "report.collected_at",
-            format!("{collected_at} is more than 10 minutes ahead of the server's clock ({now}); check the host's clock"),
+            format!(
+                "{collected_at} is more than 10 minutes ahead of the server's clock ({now}); check the host's clock"
+            ),
         ));
     }
     if collected_at < now - MAX_REPORT_AGE {
@@ -184,7 +207,10 @@ fn state_counts(field: &str, counts: Option<v1::StateCounts>) -> Result<StateCou
 
 fn sysctls(raw: Vec<v1::Sysctl>) -> Result<SysctlValues, Invalid> {
     if raw.len() > MAX_SYSCTLS {
-        return Err(invalid("report.sysctls", format!("{} entries; at most {MAX_SYSCTLS} allowed", raw.len())));
+        return Err(invalid(
+            "report.sysctls",
+            format!("{} entries; at most {MAX_SYSCTLS} allowed", raw.len()),
+        ));
     }
     let mut values = SysctlValues::new();
     for sysctl in raw {
@@ -197,7 +223,10 @@ fn sysctls(raw: Vec<v1::Sysctl>) -> Result<SysctlValues, Invalid> {
         if !name_ok {
             return Err(invalid(
                 "report.sysctls.name",
-                format!("{:?} is not a sysctl name (lowercase, digits, '_' and '.')", sysctl.name),
+                format!(
+                    "{:?} is not a sysctl name (lowercase, digits, '_' and '.')",
+                    sysctl.name
+                ),
             ));
         }
         if let Some(value) = &sysctl.value
@@ -205,11 +234,16 @@ fn sysctls(raw: Vec<v1::Sysctl>) -> Result<SysctlValues, Invalid> {
         {
             return Err(invalid(
                 format!("report.sysctls[{}]", sysctl.name),
-                format!("value must be at most {MAX_SYSCTL_VALUE} bytes without control characters"),
+                format!(
+                    "value must be at most {MAX_SYSCTL_VALUE} bytes without control characters"
+                ),
             ));
         }
         if values.insert(sysctl.name.clone(), sysctl.value).is_some() {
-            return Err(invalid(format!("report.sysctls[{}]", sysctl.name), "given twice"));
+            return Err(invalid(
+                format!("report.sysctls[{}]", sysctl.name),
+                "given twice",
+            ));
         }
     }
     Ok(values)
@@ -243,7 +277,13 @@ mod tests {
     fn accepts_a_good_report() {
         let now = Utc::now();
         let (parsed, dropped) = report(good_report(now), now).unwrap();
-        assert_eq!(parsed.states.ipv4.get(sockfleet_domain::TcpState::Established), 3);
+        assert_eq!(
+            parsed
+                .states
+                .ipv4
+                .get(sockfleet_domain::TcpState::Established),
+            3
+        );
         assert_eq!(dropped, 0);
     }
 
@@ -267,10 +307,19 @@ mod tests {
             seconds: now.timestamp() + 3600,
             nanos: 0,
         });
-        assert_eq!(report(message, now).unwrap_err().field, "report.collected_at");
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.collected_at"
+        );
         let mut message = good_report(now);
-        message.collected_at = Some(prost_types::Timestamp { seconds: 0, nanos: -1 });
-        assert_eq!(report(message, now).unwrap_err().field, "report.collected_at");
+        message.collected_at = Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        });
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.collected_at"
+        );
     }
 
     #[test]
@@ -278,7 +327,10 @@ mod tests {
         let now = Utc::now();
         let mut message = good_report(now);
         message.sysctls[0].name = "../../etc".into();
-        assert_eq!(report(message, now).unwrap_err().field, "report.sysctls.name");
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.sysctls.name"
+        );
     }
 
     #[test]

@@ -58,10 +58,18 @@ pub trait Store: Send + Sync {
     async fn host(&self, host: &HostId) -> Result<Option<HostDetail>, StorageError>;
 
     /// Every recorded value of a host's sysctls (of one, if `name` is given), oldest first.
-    async fn sysctl_history(&self, host: &HostId, name: Option<&str>) -> Result<Vec<SysctlChange>, StorageError>;
+    async fn sysctl_history(
+        &self,
+        host: &HostId,
+        name: Option<&str>,
+    ) -> Result<Vec<SysctlChange>, StorageError>;
 
     /// A host's counts over time, raw or averaged per step.
-    async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError>;
+    async fn series(
+        &self,
+        host: &HostId,
+        query: &SeriesQuery,
+    ) -> Result<Vec<SeriesPoint>, StorageError>;
 }
 
 /// Opens (creating if needed) and migrates the database at `url`.

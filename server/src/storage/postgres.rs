@@ -13,8 +13,8 @@ use super::columns::state_columns;
 use super::records::{AgentSession, CommitBookkeeping, RunKeys};
 use super::rows::{count_values, family_counts};
 use super::{
-    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, Store, StorageError,
-    SysctlChange,
+    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, StorageError,
+    Store, SysctlChange,
 };
 
 /// Storage in a PostgreSQL database: the backend for fleets and for several server replicas.
@@ -128,7 +128,8 @@ impl Store for PostgresStore {
                 .await?;
             }
             if !report.sysctls.is_empty() {
-                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls).await?;
+                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -146,8 +147,15 @@ impl Store for PostgresStore {
     }
 
     async fn host(&self, host: &HostId) -> Result<Option<HostDetail>, StorageError> {
-        let page = HostPage { after: None, limit: 1 };
-        let Some((host_key, overview)) = self.host_overviews(Some(host), &page).await?.into_iter().next()
+        let page = HostPage {
+            after: None,
+            limit: 1,
+        };
+        let Some((host_key, overview)) = self
+            .host_overviews(Some(host), &page)
+            .await?
+            .into_iter()
+            .next()
         else {
             return Ok(None);
         };
@@ -165,7 +173,11 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn sysctl_history(&self, host: &HostId, name: Option<&str>) -> Result<Vec<SysctlChange>, StorageError> {
+    async fn sysctl_history(
+        &self,
+        host: &HostId,
+        name: Option<&str>,
+    ) -> Result<Vec<SysctlChange>, StorageError> {
         let rows: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT s.name, s.value, s.changed_at FROM sysctl_changes s JOIN hosts h ON h.host_key = s.host_key \
              WHERE h.host_id = $1 AND ($2::text IS NULL OR s.name = $2) ORDER BY s.changed_at, s.name",
@@ -176,11 +188,19 @@ impl Store for PostgresStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(name, value, changed_at)| SysctlChange { name, value, changed_at })
+            .map(|(name, value, changed_at)| SysctlChange {
+                name,
+                value,
+                changed_at,
+            })
             .collect())
     }
 
-    async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError> {
+    async fn series(
+        &self,
+        host: &HostId,
+        query: &SeriesQuery,
+    ) -> Result<Vec<SeriesPoint>, StorageError> {
         const RAW: &str = concat!(
             "SELECT r.collected_at, ",
             state_columns!("r.", ""),
@@ -217,7 +237,10 @@ impl Store for PostgresStore {
     }
 }
 
-async fn register(tx: &mut Transaction<'_, Postgres>, session: &AgentSession) -> Result<RunKeys, StorageError> {
+async fn register(
+    tx: &mut Transaction<'_, Postgres>,
+    session: &AgentSession,
+) -> Result<RunKeys, StorageError> {
     let hello = &session.hello;
     let host: i64 = sqlx::query_scalar(
         "INSERT INTO hosts (host_id, hostname, kernel_release, agent_version, collector, labels, interval_ms) \
@@ -292,7 +315,8 @@ fn overview_from_row(row: &PgRow) -> Result<(i64, HostOverview), StorageError> {
     let interval_ms: i32 = row.try_get(7)?;
     let Json(labels) = row.try_get(6)?;
     let overview = HostOverview {
-        host_id: HostId::parse(&host_id).map_err(|e| StorageError::Corrupt(format!("host id {host_id:?}: {e}")))?,
+        host_id: HostId::parse(&host_id)
+            .map_err(|e| StorageError::Corrupt(format!("host id {host_id:?}: {e}")))?,
         hostname: row.try_get(2)?,
         kernel_release: row.try_get(3)?,
         agent_version: row.try_get(4)?,

@@ -111,7 +111,10 @@ pub struct SeriesPoint {
     pub states: FamilyCounts,
 }
 
-fn serialize_seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_seconds<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(duration.as_secs_f64())
 }
 
@@ -141,7 +144,10 @@ impl<'a> CommitBookkeeping<'a> {
 
     /// Whether the run's drop count must be written, noting it if so.
     pub fn dropped_grew(&mut self, session: &'a AgentSession, dropped: u64) -> bool {
-        let grew = dropped > session.dropped_written.load(std::sync::atomic::Ordering::Relaxed);
+        let grew = dropped
+            > session
+                .dropped_written
+                .load(std::sync::atomic::Ordering::Relaxed);
         if grew {
             self.dropped.push((session, dropped));
         }

@@ -8,7 +8,10 @@ use super::StorageError;
 /// Reads the 22 count columns starting at `first`; `None` when they are NULL (a host without reports).
 ///
 /// `T` is the integer type the backend returns (`i32` from PostgreSQL `INTEGER`, `i64` from SQLite).
-pub(super) fn family_counts<'r, R, T>(row: &'r R, first: usize) -> Result<Option<FamilyCounts>, StorageError>
+pub(super) fn family_counts<'r, R, T>(
+    row: &'r R,
+    first: usize,
+) -> Result<Option<FamilyCounts>, StorageError>
 where
     R: Row,
     usize: ColumnIndex<R>,
@@ -23,8 +26,9 @@ where
                 return Ok(None);
             };
             let value: i64 = value.into();
-            let count = u64::try_from(value)
-                .map_err(|_| StorageError::Corrupt(format!("negative count {value} in column {column}")))?;
+            let count = u64::try_from(value).map_err(|_| {
+                StorageError::Corrupt(format!("negative count {value} in column {column}"))
+            })?;
             states.set(state, count);
         }
         *counts.family_mut(family) = states;

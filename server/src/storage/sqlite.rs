@@ -6,7 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sockfleet_domain::{HostId, SysctlValues};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::types::Json;
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -14,8 +17,8 @@ use super::columns::state_columns;
 use super::records::{AgentSession, CommitBookkeeping, RunKeys};
 use super::rows::{count_values, family_counts};
 use super::{
-    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, Store, StorageError,
-    SysctlChange,
+    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, StorageError,
+    Store, SysctlChange,
 };
 
 /// Storage in one SQLite file (WAL mode, fully synchronous commits so an acknowledged report survives a
@@ -129,7 +132,8 @@ impl Store for SqliteStore {
                     .await?;
             }
             if !report.sysctls.is_empty() {
-                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls).await?;
+                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -147,8 +151,15 @@ impl Store for SqliteStore {
     }
 
     async fn host(&self, host: &HostId) -> Result<Option<HostDetail>, StorageError> {
-        let page = HostPage { after: None, limit: 1 };
-        let Some((host_key, overview)) = self.host_overviews(Some(host), &page).await?.into_iter().next()
+        let page = HostPage {
+            after: None,
+            limit: 1,
+        };
+        let Some((host_key, overview)) = self
+            .host_overviews(Some(host), &page)
+            .await?
+            .into_iter()
+            .next()
         else {
             return Ok(None);
         };
@@ -166,7 +177,11 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn sysctl_history(&self, host: &HostId, name: Option<&str>) -> Result<Vec<SysctlChange>, StorageError> {
+    async fn sysctl_history(
+        &self,
+        host: &HostId,
+        name: Option<&str>,
+    ) -> Result<Vec<SysctlChange>, StorageError> {
         let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
             "SELECT s.name, s.value, s.changed_at FROM sysctl_changes s JOIN hosts h ON h.host_key = s.host_key \
              WHERE h.host_id = ?1 AND (?2 IS NULL OR s.name = ?2) ORDER BY s.changed_at, s.name",
@@ -186,7 +201,11 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn series(&self, host: &HostId, query: &SeriesQuery) -> Result<Vec<SeriesPoint>, StorageError> {
+    async fn series(
+        &self,
+        host: &HostId,
+        query: &SeriesQuery,
+    ) -> Result<Vec<SeriesPoint>, StorageError> {
         const SQL: &str = concat!(
             "SELECT (r.collected_at / ?1) * ?1 AS bucket, ",
             state_columns!("CAST(round(avg(r.", ")) AS INTEGER)"),
@@ -195,9 +214,9 @@ impl Store for SqliteStore {
             "GROUP BY bucket ORDER BY bucket LIMIT ?5"
         );
         // Without a step every report is its own bucket: a 1 ms bucket holds one report per host.
-        let step_ms = query
-            .step
-            .map_or(1, |step| i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1));
+        let step_ms = query.step.map_or(1, |step| {
+            i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1)
+        });
         let rows = sqlx::query(SQL)
             .bind(step_ms)
             .bind(host.as_str())
@@ -217,7 +236,10 @@ impl Store for SqliteStore {
     }
 }
 
-async fn register(tx: &mut Transaction<'_, Sqlite>, session: &AgentSession) -> Result<RunKeys, StorageError> {
+async fn register(
+    tx: &mut Transaction<'_, Sqlite>,
+    session: &AgentSession,
+) -> Result<RunKeys, StorageError> {
     let hello = &session.hello;
     let now = Utc::now().timestamp_millis();
     let host: i64 = sqlx::query_scalar(
@@ -287,11 +309,15 @@ where
     .bind(host_key)
     .fetch_all(executor)
     .await?;
-    Ok(rows.into_iter().map(|(name, value, _)| (name, value)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(name, value, _)| (name, value))
+        .collect())
 }
 
 fn millis_to_time(millis: i64) -> Result<DateTime<Utc>, StorageError> {
-    DateTime::from_timestamp_millis(millis).ok_or_else(|| StorageError::Corrupt(format!("timestamp {millis} ms")))
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| StorageError::Corrupt(format!("timestamp {millis} ms")))
 }
 
 fn overview_from_row(row: &SqliteRow) -> Result<(i64, HostOverview), StorageError> {
@@ -300,7 +326,8 @@ fn overview_from_row(row: &SqliteRow) -> Result<(i64, HostOverview), StorageErro
     let Json(labels) = row.try_get(6)?;
     let last_seen: Option<i64> = row.try_get(9)?;
     let overview = HostOverview {
-        host_id: HostId::parse(&host_id).map_err(|e| StorageError::Corrupt(format!("host id {host_id:?}: {e}")))?,
+        host_id: HostId::parse(&host_id)
+            .map_err(|e| StorageError::Corrupt(format!("host id {host_id:?}: {e}")))?,
         hostname: row.try_get(2)?,
         kernel_release: row.try_get(3)?,
         agent_version: row.try_get(4)?,

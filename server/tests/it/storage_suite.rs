@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use sockfleet_domain::{AgentHello, Collector, FamilyCounts, HostId, Report, SysctlValues, TcpState};
+use sockfleet_domain::{
+    AgentHello, Collector, FamilyCounts, HostId, Report, SysctlValues, TcpState,
+};
 use sockfleet_server::storage::{AgentSession, HostPage, IncomingReport, SeriesQuery, Store};
 
 /// Runs each named scenario once per backend, each in a fresh database.
@@ -101,11 +103,25 @@ async fn latest_report_shows_in_host_list(store: Arc<dyn Store>) {
     let web = session("web-1", "run-a");
     let t0 = start();
     let batch: Vec<_> = (1..=3)
-        .map(|sequence| incoming(&web, sequence, t0 + TimeDelta::seconds(10 * sequence as i64), counts(sequence * 100, 7), &[]))
+        .map(|sequence| {
+            incoming(
+                &web,
+                sequence,
+                t0 + TimeDelta::seconds(10 * sequence as i64),
+                counts(sequence * 100, 7),
+                &[],
+            )
+        })
         .collect();
     store.commit_reports(&batch).await.unwrap();
 
-    let hosts = store.list_hosts(&HostPage { after: None, limit: 10 }).await.unwrap();
+    let hosts = store
+        .list_hosts(&HostPage {
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(hosts.len(), 1);
     let listed = &hosts[0];
     assert_eq!(listed.host_id, host("web-1"));
@@ -114,9 +130,27 @@ async fn latest_report_shows_in_host_list(store: Arc<dyn Store>) {
     assert_eq!(listed.collector, "netlink");
     assert_eq!(listed.last_seen, Some(t0 + TimeDelta::seconds(30)));
     assert_eq!(listed.states, Some(counts(300, 7)));
-    assert_eq!(store.committed_sequence(&host("web-1"), "run-a").await.unwrap(), 3);
-    assert_eq!(store.committed_sequence(&host("web-1"), "other-run").await.unwrap(), 0);
-    assert_eq!(store.committed_sequence(&host("nobody"), "run-a").await.unwrap(), 0);
+    assert_eq!(
+        store
+            .committed_sequence(&host("web-1"), "run-a")
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .committed_sequence(&host("web-1"), "other-run")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .committed_sequence(&host("nobody"), "run-a")
+            .await
+            .unwrap(),
+        0
+    );
     assert!(store.host(&host("nobody")).await.unwrap().is_none());
 }
 
@@ -124,29 +158,59 @@ async fn resent_report_is_stored_once(store: Arc<dyn Store>) {
     let t0 = start();
     let first_stream = session("web-1", "run-a");
     let report = incoming(&first_stream, 1, t0, counts(5, 1), &[]);
-    store.commit_reports(&[report.clone(), report.clone()]).await.unwrap();
+    store
+        .commit_reports(&[report.clone(), report.clone()])
+        .await
+        .unwrap();
     store.commit_reports(&[report]).await.unwrap();
     // The same run reconnects on a new stream and resends report 1 with report 2.
     let second_stream = session("web-1", "run-a");
     store
         .commit_reports(&[
             incoming(&second_stream, 1, t0, counts(5, 1), &[]),
-            incoming(&second_stream, 2, t0 + TimeDelta::seconds(10), counts(6, 1), &[]),
+            incoming(
+                &second_stream,
+                2,
+                t0 + TimeDelta::seconds(10),
+                counts(6, 1),
+                &[],
+            ),
         ])
         .await
         .unwrap();
     // A new run of the agent starts its sequence again: not a duplicate.
     let restarted = session("web-1", "run-b");
     store
-        .commit_reports(&[incoming(&restarted, 1, t0 + TimeDelta::seconds(20), counts(7, 1), &[])])
+        .commit_reports(&[incoming(
+            &restarted,
+            1,
+            t0 + TimeDelta::seconds(20),
+            counts(7, 1),
+            &[],
+        )])
         .await
         .unwrap();
 
     let points = store.series(&host("web-1"), &raw_range(t0)).await.unwrap();
-    let time_waits: Vec<u64> = points.iter().map(|p| p.states.ipv4.get(TcpState::TimeWait)).collect();
+    let time_waits: Vec<u64> = points
+        .iter()
+        .map(|p| p.states.ipv4.get(TcpState::TimeWait))
+        .collect();
     assert_eq!(time_waits, vec![5, 6, 7]);
-    assert_eq!(store.committed_sequence(&host("web-1"), "run-a").await.unwrap(), 2);
-    assert_eq!(store.committed_sequence(&host("web-1"), "run-b").await.unwrap(), 1);
+    assert_eq!(
+        store
+            .committed_sequence(&host("web-1"), "run-a")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .committed_sequence(&host("web-1"), "run-b")
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 fn raw_range(t0: DateTime<Utc>) -> SeriesQuery {
@@ -161,11 +225,23 @@ fn raw_range(t0: DateTime<Utc>) -> SeriesQuery {
 async fn only_sysctl_changes_are_stored(store: Arc<dyn Store>) {
     let web = session("web-1", "run-a");
     let t0 = start();
-    let full = [("net.ipv4.tcp_fin_timeout", Some("60")), ("net.ipv4.tcp_tw_recycle", None)];
-    store.commit_reports(&[incoming(&web, 1, t0, counts(1, 1), &full)]).await.unwrap();
+    let full = [
+        ("net.ipv4.tcp_fin_timeout", Some("60")),
+        ("net.ipv4.tcp_tw_recycle", None),
+    ];
+    store
+        .commit_reports(&[incoming(&web, 1, t0, counts(1, 1), &full)])
+        .await
+        .unwrap();
     // A reconnect sends the full set again, unchanged.
     store
-        .commit_reports(&[incoming(&web, 2, t0 + TimeDelta::seconds(10), counts(1, 1), &full)])
+        .commit_reports(&[incoming(
+            &web,
+            2,
+            t0 + TimeDelta::seconds(10),
+            counts(1, 1),
+            &full,
+        )])
         .await
         .unwrap();
     store
@@ -180,12 +256,23 @@ async fn only_sysctl_changes_are_stored(store: Arc<dyn Store>) {
         .unwrap();
 
     let detail = store.host(&host("web-1")).await.unwrap().unwrap();
-    assert_eq!(detail.sysctls["net.ipv4.tcp_fin_timeout"].as_deref(), Some("30"));
+    assert_eq!(
+        detail.sysctls["net.ipv4.tcp_fin_timeout"].as_deref(),
+        Some("30")
+    );
     assert_eq!(detail.sysctls["net.ipv4.tcp_tw_recycle"], None);
-    let history = store.sysctl_history(&host("web-1"), Some("net.ipv4.tcp_fin_timeout")).await.unwrap();
-    let values: Vec<(Option<&str>, DateTime<Utc>)> =
-        history.iter().map(|change| (change.value.as_deref(), change.changed_at)).collect();
-    assert_eq!(values, vec![(Some("60"), t0), (Some("30"), t0 + TimeDelta::seconds(20))]);
+    let history = store
+        .sysctl_history(&host("web-1"), Some("net.ipv4.tcp_fin_timeout"))
+        .await
+        .unwrap();
+    let values: Vec<(Option<&str>, DateTime<Utc>)> = history
+        .iter()
+        .map(|change| (change.value.as_deref(), change.changed_at))
+        .collect();
+    assert_eq!(
+        values,
+        vec![(Some("60"), t0), (Some("30"), t0 + TimeDelta::seconds(20))]
+    );
     let all = store.sysctl_history(&host("web-1"), None).await.unwrap();
     assert_eq!(all.len(), 3, "two settings first seen, one change: {all:?}");
 }
@@ -195,7 +282,15 @@ async fn series_raw_and_stepped(store: Arc<dyn Store>) {
     // Align to a minute so 30-second buckets split the six reports three and three.
     let t0 = DateTime::from_timestamp(start().timestamp() / 60 * 60, 0).unwrap();
     let batch: Vec<_> = (0..6u64)
-        .map(|i| incoming(&web, i + 1, t0 + TimeDelta::seconds(10 * i as i64), counts(10 * (i + 1), 1), &[]))
+        .map(|i| {
+            incoming(
+                &web,
+                i + 1,
+                t0 + TimeDelta::seconds(10 * i as i64),
+                counts(10 * (i + 1), 1),
+                &[],
+            )
+        })
         .collect();
     store.commit_reports(&batch).await.unwrap();
 
@@ -214,12 +309,20 @@ async fn series_raw_and_stepped(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    let buckets: Vec<(DateTime<Utc>, u64)> =
-        stepped.iter().map(|p| (p.time, p.states.ipv4.get(TcpState::TimeWait))).collect();
+    let buckets: Vec<(DateTime<Utc>, u64)> = stepped
+        .iter()
+        .map(|p| (p.time, p.states.ipv4.get(TcpState::TimeWait)))
+        .collect();
     assert_eq!(buckets, vec![(t0, 20), (t0 + TimeDelta::seconds(30), 50)]);
 
     let limited = store
-        .series(&host("web-1"), &SeriesQuery { limit: 2, ..raw_range(t0) })
+        .series(
+            &host("web-1"),
+            &SeriesQuery {
+                limit: 2,
+                ..raw_range(t0)
+            },
+        )
         .await
         .unwrap();
     assert_eq!(limited.len(), 2);
@@ -240,9 +343,18 @@ async fn hosts_paginate_by_id(store: Arc<dyn Store>) {
     let t0 = start();
     for name in ["c-host", "a-host", "b-host"] {
         let agent = session(name, "run");
-        store.commit_reports(&[incoming(&agent, 1, t0, counts(1, 1), &[])]).await.unwrap();
+        store
+            .commit_reports(&[incoming(&agent, 1, t0, counts(1, 1), &[])])
+            .await
+            .unwrap();
     }
-    let first = store.list_hosts(&HostPage { after: None, limit: 2 }).await.unwrap();
+    let first = store
+        .list_hosts(&HostPage {
+            after: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
     let ids: Vec<&str> = first.iter().map(|h| h.host_id.as_str()).collect();
     assert_eq!(ids, vec!["a-host", "b-host"]);
     let rest = store

@@ -29,7 +29,9 @@ impl TestDatabase {
             .expect("create test database");
         admin.close().await;
         let base = admin_url();
-        let server = base.rsplit_once('/').map_or(base.as_str(), |(server, _)| server);
+        let server = base
+            .rsplit_once('/')
+            .map_or(base.as_str(), |(server, _)| server);
         TestDatabase {
             url: format!("{server}/{name}"),
             name,
@@ -38,7 +40,9 @@ impl TestDatabase {
 
     /// A connection pool on the test database.
     pub async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.url).await.expect("connect to test database")
+        PgPool::connect(&self.url)
+            .await
+            .expect("connect to test database")
     }
 }
 
@@ -47,12 +51,16 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop runs outside async code, so a small runtime of its own removes the database.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let admin = PgPool::connect(&admin_url()).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                    .execute(&admin)
-                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&admin)
+                .await?;
                 admin.close().await;
                 Ok::<_, sqlx::Error>(())
             })?;

@@ -33,9 +33,17 @@ impl ServerProcess {
     /// Starts a server on `database_url` listening on `listen` (port 0 picks a free port) and waits until
     /// it prints its address.
     pub fn start(database_url: &str, listen: &str, extra: &[&str]) -> ServerProcess {
-        let log = std::env::temp_dir().join(format!("sockfleet-server-{}.log", rand::random::<u64>()));
+        let log =
+            std::env::temp_dir().join(format!("sockfleet-server-{}.log", rand::random::<u64>()));
         let mut child = Command::new(server_binary())
-            .args(["--listen", listen, "--database-url", database_url, "--log", "info,sockfleet=debug"])
+            .args([
+                "--listen",
+                listen,
+                "--database-url",
+                database_url,
+                "--log",
+                "info,sockfleet=debug",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("server log file"))
@@ -60,7 +68,11 @@ impl ServerProcess {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 )
             });
-        ServerProcess { child, address, log }
+        ServerProcess {
+            child,
+            address,
+            log,
+        }
     }
 
     /// `http://ADDRESS`
@@ -97,7 +109,8 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `sockfleet-agent --server URL` with extra flags.
     pub fn start(server_url: &str, extra: &[&str]) -> AgentProcess {
-        let log = std::env::temp_dir().join(format!("sockfleet-agent-{}.log", rand::random::<u64>()));
+        let log =
+            std::env::temp_dir().join(format!("sockfleet-agent-{}.log", rand::random::<u64>()));
         let child = Command::new(agent_binary())
             .args(["--server", server_url, "--log", "debug"])
             .args(extra)
@@ -130,7 +143,10 @@ fn terminate(child: &mut Child, name: &str) {
     loop {
         match child.try_wait().expect("wait for child") {
             Some(status) => {
-                assert!(status.success(), "{name} exited with {status} after SIGTERM");
+                assert!(
+                    status.success(),
+                    "{name} exited with {status} after SIGTERM"
+                );
                 return;
             }
             None if Instant::now() > deadline => {
