@@ -199,10 +199,9 @@ mod tests {
     use super::*;
 
     fn write(contents: &str) -> (PathBuf, ServerArgs) {
-        let path = std::env::temp_dir().join(format!(
-            "sockfleet-config-{}.toml",
-            std::process::id() as u64 * 1000 + contents.len() as u64
-        ));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sockfleet-config-{}-{number}.toml", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         let args = ServerArgs {
             config: Some(path.clone()),

@@ -101,14 +101,20 @@ impl Application {
             .then(|| local_agent::spawn(address, self.config.agent_interval, local_agent.clone()));
 
         let server_stopping = serving.clone();
-        let server = tokio::spawn(async move {
+        let mut server = tokio::spawn(async move {
             axum::serve(self.listener, router)
                 .with_graceful_shutdown(server_stopping.cancelled_owned())
                 .await
         });
 
-        shutdown.cancelled().await;
-        tracing::info!("stopping");
+        tokio::select! {
+            () = shutdown.cancelled() => tracing::info!("stopping"),
+            ended = &mut server => {
+                local_agent.cancel();
+                ended.context("server task failed")?.context("server failed")?;
+                anyhow::bail!("the server stopped serving unexpectedly");
+            }
+        }
         local_agent.cancel();
         if let Some(task) = local_agent_task {
             let _ = task.await;

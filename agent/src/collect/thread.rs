@@ -61,7 +61,7 @@ impl CollectorThread {
                     let _ = reply.send(collect_once(&mut counter));
                 }
             })
-            .map_err(CollectError::NetlinkOpen)?;
+            .map_err(CollectError::ThreadStart)?;
         let kind = ready_rx.recv().map_err(|_| CollectError::ThreadGone)??;
         Ok(CollectorThread { requests, kind })
     }

@@ -43,7 +43,7 @@ enum StreamError {
     },
     #[error("cannot connect: {0}")]
     Connect(#[source] tonic::transport::Error),
-    #[error("server answered {}: {}", .0.code(), .0.message())]
+    #[error("server answered {:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error("server closed the stream")]
     Closed,
@@ -83,7 +83,7 @@ pub async fn maintain_stream(
                 }
                 tracing::error!(
                     sequence = refused,
-                    code = %status.code(),
+                    code = ?status.code(),
                     message = status.message(),
                     "server refused a report; dropped it"
                 );

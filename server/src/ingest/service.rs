@@ -205,12 +205,16 @@ async fn read_reports(
         }
     };
     if let Some(status) = failure {
-        tracing::warn!(
-            host_id = %session.hello.host_id,
-            code = %status.code(),
-            message = status.message(),
-            "ending agent stream"
-        );
+        if status.code() == Code::Unavailable {
+            tracing::info!(host_id = %session.hello.host_id, message = status.message(), "ending agent stream");
+        } else {
+            tracing::warn!(
+                host_id = %session.hello.host_id,
+                code = ?status.code(),
+                message = status.message(),
+                "ending agent stream"
+            );
+        }
         let _ = pending.send(Pending::Fail(status)).await;
     }
 }
