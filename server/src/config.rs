@@ -201,7 +201,10 @@ mod tests {
     fn write(contents: &str) -> (PathBuf, ServerArgs) {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("sockfleet-config-{}-{number}.toml", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "sockfleet-config-{}-{number}.toml",
+            std::process::id()
+        ));
         std::fs::write(&path, contents).unwrap();
         let args = ServerArgs {
             config: Some(path.clone()),

@@ -16,6 +16,8 @@ use crate::ingest::{BatchWriter, IngestService};
 use crate::local_agent;
 use crate::storage::{self, Store, redact_password};
 
+/// How long the server waits for open connections to close when stopping.
+const CONNECTIONS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server waits for the batch writer to commit what it holds when stopping.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -61,7 +63,8 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let address = self.local_addr()?;
         let serving = CancellationToken::new();
-        let (writer, writer_task) = BatchWriter::spawn(Arc::clone(&self.store), self.config.batch);
+        let (writer, writer_task) =
+            BatchWriter::spawn(Arc::clone(&self.store), self.config.batch, serving.clone());
         let ingest = IngestService::new(
             Arc::clone(&self.store),
             writer,
@@ -123,10 +126,16 @@ impl Application {
             .set_not_serving::<v1::ingest_server::IngestServer<IngestService>>()
             .await;
         serving.cancel();
-        server
-            .await
-            .context("server task failed")?
-            .context("server failed")?;
+        // A connection whose peer no longer answers would hold a graceful shutdown forever.
+        match tokio::time::timeout(CONNECTIONS_TIMEOUT, &mut server).await {
+            Ok(ended) => ended
+                .context("server task failed")?
+                .context("server failed")?,
+            Err(_) => {
+                tracing::warn!("some connections did not close within 10 s; closing them");
+                server.abort();
+            }
+        }
         drain(writer_task).await;
         tracing::info!("stopped");
         Ok(())

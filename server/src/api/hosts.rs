@@ -44,8 +44,17 @@ pub async fn list(
 ) -> Result<Json<HostList>, ApiError> {
     let limit = params::limit(params.limit, DEFAULT_HOSTS, MAX_HOSTS)?;
     let after = params.after.as_deref().map(host_id).transpose()?;
-    let hosts = state.store.list_hosts(&HostPage { after, limit }).await?;
-    let next_after = (hosts.len() == limit as usize)
+    // One row more than asked tells whether another page exists.
+    let mut hosts = state
+        .store
+        .list_hosts(&HostPage {
+            after,
+            limit: limit + 1,
+        })
+        .await?;
+    let more = hosts.len() > limit as usize;
+    hosts.truncate(limit as usize);
+    let next_after = more
         .then(|| hosts.last().map(|host| host.host_id.clone()))
         .flatten();
     Ok(Json(HostList { hosts, next_after }))
@@ -62,7 +71,7 @@ pub async fn detail(
         .host(&id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no host {id} has reported to this server")))
+        .ok_or_else(|| unknown_host(&id))
 }
 
 /// Query parameters of `GET /api/v1/hosts/{host_id}/series`.
@@ -126,12 +135,9 @@ pub async fn series(
         ));
     }
     let limit = params::limit(params.limit, DEFAULT_POINTS, MAX_POINTS)?;
-    if state.store.host(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no host {id} has reported to this server"
-        )));
-    }
-    let points = state
+    require_known(&state, &id).await?;
+    // One point more than asked tells whether the limit cut the series.
+    let mut points = state
         .store
         .series(
             &id,
@@ -139,16 +145,18 @@ pub async fn series(
                 from,
                 to,
                 step,
-                limit,
+                limit: limit + 1,
             },
         )
         .await?;
+    let truncated = points.len() > limit as usize;
+    points.truncate(limit as usize);
     Ok(Json(Series {
         host_id: id,
         from,
         to,
         step_seconds: step.map(|step| step.as_secs()),
-        truncated: points.len() == limit as usize,
+        truncated,
         points,
     }))
 }
@@ -185,11 +193,7 @@ pub async fn sysctl_history(
             "name={name:?} is not a sysctl name such as net.ipv4.tcp_tw_reuse"
         )));
     }
-    if state.store.host(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no host {id} has reported to this server"
-        )));
-    }
+    require_known(&state, &id).await?;
     let changes = state
         .store
         .sysctl_history(&id, params.name.as_deref())
@@ -198,6 +202,18 @@ pub async fn sysctl_history(
         host_id: id,
         changes,
     }))
+}
+
+/// 404 unless `id` has reported to this server.
+async fn require_known(state: &AppState, id: &HostId) -> Result<(), ApiError> {
+    match state.store.host(id).await? {
+        Some(_) => Ok(()),
+        None => Err(unknown_host(id)),
+    }
+}
+
+fn unknown_host(id: &HostId) -> ApiError {
+    ApiError::not_found(format!("no host {id} has reported to this server"))
 }
 
 fn host_id(raw: &str) -> Result<HostId, ApiError> {

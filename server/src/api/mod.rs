@@ -37,7 +37,20 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/hosts/{host_id}/sysctls/history",
             get(hosts::sysctl_history),
         )
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// The answer for a known path asked with a method it does not serve.
+async fn method_not_allowed(request: Request<axum::body::Body>) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!(
+            "{} is not allowed on {}; use GET",
+            request.method(),
+            request.uri().path()
+        ),
+    }
 }
 
 /// The answer for a path no route serves.

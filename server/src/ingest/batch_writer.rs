@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::storage::{IncomingReport, Store};
 
@@ -54,14 +55,16 @@ pub struct BatchWriter {
 pub type Commit = oneshot::Receiver<Result<(), CommitError>>;
 
 impl BatchWriter {
-    /// Starts the writer task on `store`. It ends when every `BatchWriter` clone is dropped, after
-    /// committing what it was given.
+    /// Starts the writer task on `store`. It ends when every `BatchWriter` clone is dropped or `stop`
+    /// is cancelled, after committing what was already queued; later submissions get
+    /// [`CommitError::Stopped`].
     pub fn spawn(
         store: Arc<dyn Store>,
         settings: BatchSettings,
+        stop: CancellationToken,
     ) -> (BatchWriter, tokio::task::JoinHandle<()>) {
         let (jobs, incoming) = mpsc::channel(settings.queue_capacity.max(1));
-        let task = tokio::spawn(write_batches(store, incoming, settings));
+        let task = tokio::spawn(write_batches(store, incoming, settings, stop));
         (BatchWriter { jobs }, task)
     }
 
@@ -80,11 +83,21 @@ async fn write_batches(
     store: Arc<dyn Store>,
     mut incoming: mpsc::Receiver<Job>,
     settings: BatchSettings,
+    stop: CancellationToken,
 ) {
     let mut reports: Vec<IncomingReport> = Vec::with_capacity(settings.max_reports);
     let mut waiters: Vec<oneshot::Sender<Result<(), CommitError>>> =
         Vec::with_capacity(settings.max_reports);
-    while let Some(first) = incoming.recv().await {
+    loop {
+        let first = tokio::select! {
+            job = incoming.recv() => job,
+            () = stop.cancelled(), if !incoming.is_closed() => {
+                // Refuse new work but commit what is already queued.
+                incoming.close();
+                continue;
+            }
+        };
+        let Some(first) = first else { return };
         let deadline = Instant::now() + settings.max_delay;
         let mut next = Some(first);
         while let Some(job) = next.take() {

@@ -11,6 +11,8 @@ use sockfleet_proto::v1;
 
 /// Largest plausible number of sockets in one state of one family (far above what a host can hold).
 pub const MAX_STATE_COUNT: u64 = 10_000_000;
+/// Highest sequence number the databases can hold (a signed 64-bit column).
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
 /// Most sysctls one report may carry.
 pub const MAX_SYSCTLS: usize = 128;
 /// Longest sysctl name, in bytes.
@@ -141,14 +143,18 @@ fn labels(
 
 /// Validates a report against the current time `now`.
 pub fn report(message: v1::Report, now: DateTime<Utc>) -> Result<(Report, u64), Invalid> {
-    if message.sequence == 0 {
-        return Err(invalid("report.sequence", "must be at least 1"));
+    if message.sequence == 0 || message.sequence > MAX_SEQUENCE {
+        return Err(invalid(
+            "report.sequence",
+            format!("{} is outside 1..={MAX_SEQUENCE}", message.sequence),
+        ));
     }
     let timestamp = message
         .collected_at
         .ok_or_else(|| invalid("report.collected_at", "missing"))?;
     let collected_at = u32::try_from(timestamp.nanos)
         .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
         .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos))
         .ok_or_else(|| invalid("report.collected_at", "not a valid timestamp"))?;
     if collected_at > now + MAX_CLOCK_AHEAD {

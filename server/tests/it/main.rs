@@ -1,7 +1,9 @@
 //! Server integration tests, in one binary: real PostgreSQL databases, real server and agent processes,
 //! real sockets on loopback.
 
+mod bad_input;
 mod delivery;
 mod end_to_end;
+mod http_api;
 mod storage_suite;
 mod support;

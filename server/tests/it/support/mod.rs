@@ -1,6 +1,7 @@
 //! What the integration tests share: fresh databases, server and agent processes, an HTTP client.
 
 pub mod database;
+pub mod grpc;
 pub mod process;
 
 use std::time::Duration;
