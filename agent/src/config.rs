@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use sockfleet_domain::TopN;
 
 use crate::collect::CollectorChoice;
 
@@ -53,6 +54,10 @@ pub struct AgentArgs {
     /// beyond this (8640 = 24 h at 10 s).
     #[arg(long, env = "SOCKFLEET_BACKLOG", default_value_t = 8640, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub backlog: u32,
+
+    /// Entries kept in each breakdown (destinations, CLOSE_WAIT sockets and processes, listeners), 1-1000.
+    #[arg(long, env = "SOCKFLEET_TOP_N", default_value_t = TopN::DEFAULT)]
+    pub top_n: TopN,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "SOCKFLEET_LOG", default_value = "info")]

@@ -66,6 +66,7 @@ fn settings_from(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
         collector: args.collector,
         netns: args.netns.clone(),
         backlog: args.backlog as usize,
+        top_n: args.top_n,
     })
 }
 

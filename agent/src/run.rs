@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use sockfleet_domain::Snapshot;
+use sockfleet_domain::{Snapshot, TopN};
 use sockfleet_proto::v1;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -27,6 +27,8 @@ pub struct AgentSettings {
     pub collector: CollectorChoice,
     pub netns: Option<PathBuf>,
     pub backlog: usize,
+    /// Entries kept in each breakdown list.
+    pub top_n: TopN,
 }
 
 /// What a streaming run did, logged when it ends.
@@ -42,8 +44,7 @@ pub struct RunSummary {
 
 /// Takes one snapshot of the host.
 pub async fn snapshot_once(settings: &AgentSettings) -> anyhow::Result<Snapshot> {
-    let collector = CollectorThread::spawn(settings.collector, settings.netns.clone())
-        .context("cannot start collecting")?;
+    let collector = start_collector(settings)?;
     let collected_at = Utc::now();
     let collection = collector.collect().await.context("collection failed")?;
     Ok(Snapshot {
@@ -52,6 +53,8 @@ pub async fn snapshot_once(settings: &AgentSettings) -> anyhow::Result<Snapshot>
         collected_at,
         states: collection.states,
         sysctls: collection.sysctls,
+        kernel: collection.kernel,
+        breakdowns: collection.breakdowns,
         kernel_release: settings.identity.kernel_release.clone(),
         collector: collector.kind(),
     })
@@ -63,8 +66,7 @@ pub async fn run_agent(
     server: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunSummary> {
-    let collector = CollectorThread::spawn(settings.collector, settings.netns.clone())
-        .context("cannot start collecting")?;
+    let collector = start_collector(&settings)?;
     let queue = Arc::new(ReportQueue::new(settings.backlog));
     let (interval_tx, interval_rx) = watch::channel(settings.interval);
     let target = StreamTarget {
@@ -102,6 +104,11 @@ pub async fn run_agent(
         "agent stopped"
     );
     Ok(summary)
+}
+
+fn start_collector(settings: &AgentSettings) -> anyhow::Result<CollectorThread> {
+    CollectorThread::spawn(settings.collector, settings.netns.clone(), settings.top_n)
+        .context("cannot start collecting")
 }
 
 async fn collect_loop(

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::breakdown::Breakdowns;
 use crate::host::HostId;
+use crate::kernel::KernelCounters;
 use crate::snapshot::Collector;
 use crate::state::FamilyCounts;
 use crate::sysctl::SysctlValues;
@@ -19,6 +21,10 @@ pub struct Report {
     pub states: FamilyCounts,
     /// The sysctls that changed since the previous report (all of them on a full report).
     pub sysctls: SysctlValues,
+    /// The kernel's TCP counters, when the agent could read them.
+    pub kernel: Option<KernelCounters>,
+    /// Top-N breakdowns, when the collector provides them.
+    pub breakdowns: Option<Breakdowns>,
 }
 
 /// Who an agent is and how it runs: what it says first on every stream.

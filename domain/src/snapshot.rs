@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::breakdown::Breakdowns;
 use crate::host::HostId;
+use crate::kernel::KernelCounters;
 use crate::state::FamilyCounts;
 use crate::sysctl::SysctlValues;
 
@@ -44,6 +46,10 @@ pub struct Snapshot {
     pub collected_at: DateTime<Utc>,
     pub states: FamilyCounts,
     pub sysctls: SysctlValues,
+    /// The kernel's TCP counters (`null` when they could not be read).
+    pub kernel: Option<KernelCounters>,
+    /// Top-N breakdowns (`null` with the procfs collector).
+    pub breakdowns: Option<Breakdowns>,
     pub kernel_release: String,
     pub collector: Collector,
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sockfleet_agent::collect::CollectorChoice;
 use sockfleet_agent::identity::HostIdentity;
 use sockfleet_agent::run::{AgentSettings, run_agent};
+use sockfleet_domain::TopN;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,7 @@ pub fn spawn(
             collector: CollectorChoice::Auto,
             netns: None,
             backlog: BACKLOG,
+            top_n: TopN::DEFAULT,
         };
         if let Err(error) = run_agent(settings, server_url(listen), shutdown).await {
             tracing::error!(error = format!("{error:#}"), "the local agent failed");

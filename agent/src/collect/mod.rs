@@ -3,14 +3,20 @@
 //! Collection is blocking work on kernel interfaces, and network namespaces belong to threads, so it
 //! runs on a dedicated OS thread ([`CollectorThread`]) that may live inside another namespace.
 
+mod breakdown;
 mod error;
+mod kernel_counters;
 mod netlink;
+mod process;
 mod procfs;
 mod sysctl;
 mod thread;
 
+pub use breakdown::{BreakdownCollection, BreakdownCollector};
 pub use error::CollectError;
+pub use kernel_counters::read_kernel_counters;
 pub use netlink::NetlinkCounter;
+pub use netlink::{SocketView, SocketVisitor};
 pub use procfs::count_from_proc;
 pub use sysctl::read_sysctls;
 pub use thread::{Collection, CollectorThread};

@@ -1,11 +1,14 @@
-//! Counting TCP sockets through netlink `sock_diag`, the way `ss` reads them.
+//! Reading TCP sockets through netlink `sock_diag`, the way `ss` reads them.
 //!
 //! One `NETLINK_SOCK_DIAG` socket and one receive buffer are kept for the life of the collector. A
-//! collection sends one dump request per family and walks the replies in place: only the family and
-//! state bytes of each socket are read, so counting allocates nothing per socket.
+//! walk sends one dump request per family, with the kernel-side state filter, and visits the replies
+//! in place: each socket is handed to a [`SocketVisitor`] as a [`SocketView`] borrowed from the
+//! receive buffer, which decodes only the fields asked for. Counting reads just the family and state
+//! bytes and allocates nothing per socket.
 
 use std::io;
 use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr as InetSocketAddr};
 use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
@@ -42,6 +45,23 @@ const REQUEST_LEN: usize = HEADER_LEN + size_of::<InetRequestBuffer>();
 /// Bytes of the fixed `inet_diag_msg` that starts every socket in a reply.
 const SOCKET_MESSAGE_LEN: usize = size_of::<InetResponseBuffer>();
 
+// Offsets in `inet_diag_msg` (include/uapi/linux/inet_diag.h). The `inet_diag_sockid` at offset 4 holds
+// the ports in network byte order, then source and destination addresses (16 bytes each: an IPv4
+// address fills the first 4), the interface index and the 64-bit cookie as two host-order halves.
+// The fields after it are in host byte order.
+const OFFSET_FAMILY: usize = 0;
+const OFFSET_STATE: usize = 1;
+const OFFSET_TIMER: usize = 2;
+const OFFSET_SOURCE_PORT: usize = 4;
+const OFFSET_DESTINATION_PORT: usize = 6;
+const OFFSET_SOURCE_ADDRESS: usize = 8;
+const OFFSET_DESTINATION_ADDRESS: usize = 24;
+const OFFSET_COOKIE: usize = 44;
+const OFFSET_EXPIRES: usize = 52;
+const OFFSET_RQUEUE: usize = 56;
+const OFFSET_WQUEUE: usize = 60;
+const OFFSET_INODE: usize = 68;
+
 /// Counts TCP sockets by family and state through netlink `sock_diag`.
 ///
 /// It exists so repeated collections reuse one socket and one buffer: after [`NetlinkCounter::open`]
@@ -68,48 +88,83 @@ impl NetlinkCounter {
     /// After a failure the socket is replaced, so replies left over from an abandoned dump cannot
     /// confuse (or, as `EBUSY`, block) the next collection.
     pub fn count(&mut self) -> Result<FamilyCounts, CollectError> {
-        let counted = self.count_states(ALL_STATES);
-        if counted.is_err()
+        let mut counting = Counting::default();
+        self.walk(ALL_STATES, &mut counting)?;
+        Ok(counting.counts)
+    }
+
+    /// Hands every TCP socket of the namespace whose state is one of `states` to `visitor`, IPv4
+    /// sockets first. The kernel skips the other states itself; asking for LISTEN alone does not even
+    /// walk the table of connections.
+    ///
+    /// Should the kernel flag a dump as inconsistent, the visitor is told to [`SocketVisitor::restart`]
+    /// and the walk starts again. After a failure the socket is replaced, as with
+    /// [`NetlinkCounter::count`].
+    pub fn visit<V: SocketVisitor + ?Sized>(
+        &mut self,
+        states: impl IntoIterator<Item = TcpState>,
+        visitor: &mut V,
+    ) -> Result<(), CollectError> {
+        self.walk(state_mask(states), visitor)
+    }
+
+    /// Runs the walk and replaces the socket if it failed.
+    fn walk<V: SocketVisitor + ?Sized>(
+        &mut self,
+        states: u32,
+        visitor: &mut V,
+    ) -> Result<(), CollectError> {
+        let walked = self.walk_families(states, visitor);
+        if walked.is_err()
             && let Ok(socket) = open_socket()
         {
             self.socket = socket;
         }
-        counted
+        walked
     }
 
-    /// Counts the sockets whose state is in `states` (bit `1 << state`, the kernel's filter).
-    fn count_states(&mut self, states: u32) -> Result<FamilyCounts, CollectError> {
-        let mut counts = FamilyCounts::default();
-        for family in [AF_INET, AF_INET6] {
-            let dumped = self.dump(family, states)?;
-            counts.ipv4 = counts.ipv4.plus(&dumped.ipv4);
-            counts.ipv6 = counts.ipv6.plus(&dumped.ipv6);
-        }
-        Ok(counts)
-    }
-
-    /// Dumps one family, restarting when the kernel says the dump was interrupted by a change.
-    fn dump(&mut self, family: u8, states: u32) -> Result<FamilyCounts, CollectError> {
-        for _ in 0..MAX_DUMP_ATTEMPTS {
-            self.sequence = self.sequence.wrapping_add(1);
-            self.send_request(family, states)?;
-            let mut dump = Dump::new(self.sequence);
-            loop {
-                let received = self.receive()?;
-                let datagram = self.buffer.get(..received).unwrap_or_default();
-                if dump.absorb(datagram)? == Progress::Done {
-                    break;
+    /// Dumps both families, starting over when the kernel says a dump was interrupted by a change.
+    fn walk_families<V: SocketVisitor + ?Sized>(
+        &mut self,
+        states: u32,
+        visitor: &mut V,
+    ) -> Result<(), CollectError> {
+        'attempt: for _ in 0..MAX_DUMP_ATTEMPTS {
+            for family in [AF_INET, AF_INET6] {
+                if self.dump(family, states, visitor)? == Consistency::Interrupted {
+                    visitor.restart();
+                    continue 'attempt;
                 }
             }
-            if !dump.interrupted {
-                return Ok(dump.counts);
-            }
+            return Ok(());
         }
         Err(CollectError::NetlinkKernel {
             errno: libc::EINTR,
-            message: format!(
-                "the dump of address family {family} was interrupted {MAX_DUMP_ATTEMPTS} times in a row"
-            ),
+            message: format!("the socket dump was interrupted {MAX_DUMP_ATTEMPTS} times in a row"),
+        })
+    }
+
+    /// Dumps one family into `visitor`.
+    fn dump<V: SocketVisitor + ?Sized>(
+        &mut self,
+        family: u8,
+        states: u32,
+        visitor: &mut V,
+    ) -> Result<Consistency, CollectError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.send_request(family, states)?;
+        let mut dump = Dump::new(self.sequence, visitor);
+        loop {
+            let received = self.receive()?;
+            let datagram = self.buffer.get(..received).unwrap_or_default();
+            if dump.absorb(datagram)? == Progress::Done {
+                break;
+            }
+        }
+        Ok(if dump.interrupted {
+            Consistency::Interrupted
+        } else {
+            Consistency::Consistent
         })
     }
 
@@ -230,6 +285,182 @@ fn encode_request(
     Ok(length)
 }
 
+/// Receives the sockets of a walk.
+pub trait SocketVisitor {
+    /// Called once for every socket the kernel reports, in the order of the dump.
+    fn socket(&mut self, socket: &SocketView<'_>);
+
+    /// The kernel flagged a dump as inconsistent and the walk starts over: forget every socket
+    /// seen since the walk began.
+    fn restart(&mut self);
+}
+
+/// Counts sockets by family and state: the visitor behind [`NetlinkCounter::count`].
+#[derive(Debug, Default)]
+struct Counting {
+    counts: FamilyCounts,
+}
+
+impl SocketVisitor for Counting {
+    fn socket(&mut self, socket: &SocketView<'_>) {
+        self.counts
+            .family_mut(socket.family())
+            .increment(socket.state());
+    }
+
+    fn restart(&mut self) {
+        self.counts = FamilyCounts::default();
+    }
+}
+
+/// The kernel's state filter for `states` (bit `1 << state`); SYN_RECV includes the kernel's internal
+/// `TCP_NEW_SYN_RECV`, as `ss` asks for it.
+fn state_mask(states: impl IntoIterator<Item = TcpState>) -> u32 {
+    states.into_iter().fold(0, |mask, state| {
+        let bit = 1 << (state as u32);
+        if state == TcpState::SynRecv {
+            mask | bit | 1 << TCP_NEW_SYN_RECV
+        } else {
+            mask | bit
+        }
+    })
+}
+
+/// One socket of a dump: a view of the kernel's `inet_diag_msg`, borrowed from the receive buffer and
+/// decoded field by field on demand. Family and state are checked when the view is made.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketView<'a> {
+    message: &'a [u8; SOCKET_MESSAGE_LEN],
+    family: Family,
+    state: TcpState,
+}
+
+impl<'a> SocketView<'a> {
+    /// Checks the start of a `SOCK_DIAG_BY_FAMILY` payload and views it.
+    fn parse(payload: &'a [u8]) -> Result<SocketView<'a>, CollectError> {
+        let message: &[u8; SOCKET_MESSAGE_LEN] =
+            payload.first_chunk().ok_or_else(|| {
+                CollectError::NetlinkMalformed(format!(
+                    "a sock_diag message of {} bytes, shorter than the {SOCKET_MESSAGE_LEN}-byte inet_diag_msg",
+                    payload.len()
+                ))
+            })?;
+        let family = match message[OFFSET_FAMILY] {
+            AF_INET => Family::Ipv4,
+            AF_INET6 => Family::Ipv6,
+            other => {
+                return Err(CollectError::NetlinkMalformed(format!(
+                    "a TCP socket of address family {other}"
+                )));
+            }
+        };
+        let state = message[OFFSET_STATE];
+        let state = TcpState::from_diag(state).ok_or_else(|| {
+            CollectError::NetlinkMalformed(format!("a TCP socket in unknown state {state}"))
+        })?;
+        Ok(SocketView {
+            message,
+            family,
+            state,
+        })
+    }
+
+    /// The socket's address family. A dual-stack socket talking IPv4 is IPv6 with mapped addresses.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The socket's state (the kernel's `TCP_NEW_SYN_RECV` request sockets are SYN_RECV, as in `ss`).
+    pub fn state(&self) -> TcpState {
+        self.state
+    }
+
+    /// The local address and port.
+    pub fn local(&self) -> InetSocketAddr {
+        InetSocketAddr::new(self.local_ip(), self.local_port())
+    }
+
+    /// The remote address and port; unspecified (port 0) for a listening socket.
+    pub fn remote(&self) -> InetSocketAddr {
+        InetSocketAddr::new(self.remote_ip(), self.remote_port())
+    }
+
+    /// The local address, as the kernel reports it (`::ffff:a.b.c.d` for a dual-stack socket's IPv4
+    /// peer; see [`IpAddr::to_canonical`]).
+    pub fn local_ip(&self) -> IpAddr {
+        self.address(OFFSET_SOURCE_ADDRESS)
+    }
+
+    /// The remote address, as the kernel reports it.
+    pub fn remote_ip(&self) -> IpAddr {
+        self.address(OFFSET_DESTINATION_ADDRESS)
+    }
+
+    /// The local port.
+    pub fn local_port(&self) -> u16 {
+        u16::from_be_bytes(self.bytes(OFFSET_SOURCE_PORT))
+    }
+
+    /// The remote port; 0 for a listening socket.
+    pub fn remote_port(&self) -> u16 {
+        u16::from_be_bytes(self.bytes(OFFSET_DESTINATION_PORT))
+    }
+
+    /// The socket's inode, as in `/proc/PID/fd` links (`socket:[INODE]`); 0 when no process holds
+    /// it: TIME_WAIT and request sockets, and connections not yet accepted.
+    pub fn inode(&self) -> u32 {
+        u32::from_ne_bytes(self.bytes(OFFSET_INODE))
+    }
+
+    /// The kernel's cookie for the socket: unique among the namespace's sockets while it lives, so
+    /// it identifies one socket across dumps (inodes can be reused and are 0 for some sockets).
+    pub fn cookie(&self) -> u64 {
+        let low = u32::from_ne_bytes(self.bytes(OFFSET_COOKIE));
+        let high = u32::from_ne_bytes(self.bytes(OFFSET_COOKIE + 4));
+        u64::from(high) << 32 | u64::from(low)
+    }
+
+    /// For a listening socket, the connections waiting in its accept queue; otherwise bytes received
+    /// and not yet read.
+    pub fn rqueue(&self) -> u32 {
+        u32::from_ne_bytes(self.bytes(OFFSET_RQUEUE))
+    }
+
+    /// For a listening socket, its backlog (the accept queue's limit); otherwise bytes sent and not
+    /// yet acknowledged.
+    pub fn wqueue(&self) -> u32 {
+        u32::from_ne_bytes(self.bytes(OFFSET_WQUEUE))
+    }
+
+    /// The pending timer: 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT (also on orphaned FIN_WAIT2
+    /// minisockets), 4 zero-window probe.
+    pub fn timer(&self) -> u8 {
+        self.message[OFFSET_TIMER]
+    }
+
+    /// Milliseconds until the pending timer fires (0 without one).
+    pub fn expires(&self) -> u32 {
+        u32::from_ne_bytes(self.bytes(OFFSET_EXPIRES))
+    }
+
+    fn address(&self, offset: usize) -> IpAddr {
+        let bytes: [u8; 16] = self.bytes(offset);
+        match self.family {
+            Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+            Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(bytes)),
+        }
+    }
+
+    /// `N` bytes at `offset`; every offset used is a constant within the message.
+    fn bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        self.message
+            .get(offset..)
+            .and_then(<[u8]>::first_chunk)
+            .copied()
+            .unwrap_or([0; N])
+    }
+}
+
 /// Whether a dump has more datagrams to come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
@@ -237,24 +468,30 @@ enum Progress {
     Done,
 }
 
-/// The counts of one dump in progress.
-#[derive(Debug)]
-struct Dump {
+/// Whether the kernel flagged a finished dump as inconsistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    Consistent,
+    Interrupted,
+}
+
+/// One dump in progress, handing its sockets to a visitor.
+struct Dump<'v, V: ?Sized> {
     sequence: u32,
-    counts: FamilyCounts,
+    visitor: &'v mut V,
     interrupted: bool,
 }
 
-impl Dump {
-    fn new(sequence: u32) -> Dump {
+impl<'v, V: SocketVisitor + ?Sized> Dump<'v, V> {
+    fn new(sequence: u32, visitor: &'v mut V) -> Dump<'v, V> {
         Dump {
             sequence,
-            counts: FamilyCounts::default(),
+            visitor,
             interrupted: false,
         }
     }
 
-    /// Counts the sockets of every message in one datagram, until `NLMSG_DONE`.
+    /// Visits the sockets of every message in one datagram, until `NLMSG_DONE`.
     fn absorb(&mut self, datagram: &[u8]) -> Result<Progress, CollectError> {
         let mut rest = datagram;
         while !rest.is_empty() {
@@ -276,7 +513,7 @@ impl Dump {
                     return Ok(Progress::Done);
                 }
                 NLMSG_ERROR => error_status(message.payload())?,
-                SOCK_DIAG_BY_FAMILY => self.count_socket(message.payload())?,
+                SOCK_DIAG_BY_FAMILY => self.visitor.socket(&SocketView::parse(message.payload())?),
                 _ => {}
             }
             let length = message.length() as usize;
@@ -284,32 +521,6 @@ impl Dump {
             rest = rest.get(next..).unwrap_or_default();
         }
         Ok(Progress::More)
-    }
-
-    fn count_socket(&mut self, payload: &[u8]) -> Result<(), CollectError> {
-        let (&[family, state], _) = payload
-            .split_first_chunk::<2>()
-            .filter(|_| payload.len() >= SOCKET_MESSAGE_LEN)
-            .ok_or_else(|| {
-                CollectError::NetlinkMalformed(format!(
-                    "a sock_diag message of {} bytes, shorter than the {SOCKET_MESSAGE_LEN}-byte inet_diag_msg",
-                    payload.len()
-                ))
-            })?;
-        let family = match family {
-            AF_INET => Family::Ipv4,
-            AF_INET6 => Family::Ipv6,
-            other => {
-                return Err(CollectError::NetlinkMalformed(format!(
-                    "a TCP socket of address family {other}"
-                )));
-            }
-        };
-        let state = TcpState::from_diag(state).ok_or_else(|| {
-            CollectError::NetlinkMalformed(format!("a TCP socket in unknown state {state}"))
-        })?;
-        self.counts.family_mut(family).increment(state);
-        Ok(())
     }
 }
 
@@ -338,6 +549,87 @@ fn kernel_error(code: i32) -> CollectError {
     CollectError::NetlinkKernel {
         errno,
         message: io::Error::from_raw_os_error(errno).to_string(),
+    }
+}
+
+/// Sockets as the kernel encodes them, for tests of visitors.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The fields of one `inet_diag_msg`.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct FakeSocket {
+        pub state: u8,
+        pub local: InetSocketAddr,
+        pub remote: InetSocketAddr,
+        pub inode: u32,
+        pub cookie: u64,
+        pub rqueue: u32,
+        pub wqueue: u32,
+        pub timer: u8,
+        pub expires: u32,
+    }
+
+    impl FakeSocket {
+        /// A socket in `state` between two addresses of the same family; everything else zero.
+        pub(crate) fn new(state: TcpState, local: &str, remote: &str) -> FakeSocket {
+            FakeSocket {
+                state: state as u8,
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                inode: 0,
+                cookie: 0,
+                rqueue: 0,
+                wqueue: 0,
+                timer: 0,
+                expires: 0,
+            }
+        }
+
+        /// The 72-byte `inet_diag_msg`, followed by one attribute as the kernel would add.
+        pub(crate) fn encode(&self) -> Vec<u8> {
+            let family = if self.local.is_ipv4() {
+                AF_INET
+            } else {
+                AF_INET6
+            };
+            let mut bytes = vec![0u8; SOCKET_MESSAGE_LEN];
+            bytes[OFFSET_FAMILY] = family;
+            bytes[OFFSET_STATE] = self.state;
+            bytes[OFFSET_TIMER] = self.timer;
+            let mut put = |offset: usize, value: &[u8]| {
+                bytes[offset..offset + value.len()].copy_from_slice(value);
+            };
+            put(OFFSET_SOURCE_PORT, &self.local.port().to_be_bytes());
+            put(OFFSET_DESTINATION_PORT, &self.remote.port().to_be_bytes());
+            for (offset, address) in [
+                (OFFSET_SOURCE_ADDRESS, self.local.ip()),
+                (OFFSET_DESTINATION_ADDRESS, self.remote.ip()),
+            ] {
+                match address {
+                    IpAddr::V4(v4) => put(offset, &v4.octets()),
+                    IpAddr::V6(v6) => put(offset, &v6.octets()),
+                }
+            }
+            put(OFFSET_COOKIE, &(self.cookie as u32).to_ne_bytes());
+            put(
+                OFFSET_COOKIE + 4,
+                &((self.cookie >> 32) as u32).to_ne_bytes(),
+            );
+            put(OFFSET_EXPIRES, &self.expires.to_ne_bytes());
+            put(OFFSET_RQUEUE, &self.rqueue.to_ne_bytes());
+            put(OFFSET_WQUEUE, &self.wqueue.to_ne_bytes());
+            put(OFFSET_INODE, &self.inode.to_ne_bytes());
+            bytes.extend_from_slice(&[5, 0, 8, 0, 0, 0, 0, 0]);
+            bytes
+        }
+
+        /// Hands the encoded socket to `visitor`, as a dump would.
+        pub(crate) fn visit(&self, visitor: &mut impl SocketVisitor) {
+            let bytes = self.encode();
+            visitor.socket(&SocketView::parse(&bytes).unwrap());
+        }
     }
 }
 
@@ -397,28 +689,34 @@ mod tests {
             done(0),
         ]
         .concat();
-        let mut dump = Dump::new(SEQ);
+        let mut counting = Counting::default();
+        let mut dump = Dump::new(SEQ, &mut counting);
         assert_eq!(dump.absorb(&first).unwrap(), Progress::More);
         assert_eq!(dump.absorb(&second).unwrap(), Progress::Done);
         assert!(!dump.interrupted);
-        assert_eq!(dump.counts.ipv4.get(TcpState::Established), 2);
-        assert_eq!(dump.counts.ipv4.get(TcpState::SynRecv), 1);
-        assert_eq!(dump.counts.ipv6.get(TcpState::Listen), 1);
-        assert_eq!(dump.counts.ipv6.get(TcpState::TimeWait), 1);
-        assert_eq!(dump.counts.ipv4.total() + dump.counts.ipv6.total(), 5);
+        assert_eq!(dump.visitor.counts.ipv4.get(TcpState::Established), 2);
+        assert_eq!(dump.visitor.counts.ipv4.get(TcpState::SynRecv), 1);
+        assert_eq!(dump.visitor.counts.ipv6.get(TcpState::Listen), 1);
+        assert_eq!(dump.visitor.counts.ipv6.get(TcpState::TimeWait), 1);
+        assert_eq!(
+            dump.visitor.counts.ipv4.total() + dump.visitor.counts.ipv6.total(),
+            5
+        );
     }
 
     #[test]
     fn stops_at_done() {
         let datagram = [done(0), socket(AF_INET, TcpState::Established as u8)].concat();
-        let mut dump = Dump::new(SEQ);
+        let mut counting = Counting::default();
+        let mut dump = Dump::new(SEQ, &mut counting);
         assert_eq!(dump.absorb(&datagram).unwrap(), Progress::Done);
-        assert_eq!(dump.counts, FamilyCounts::default());
+        assert_eq!(dump.visitor.counts, FamilyCounts::default());
     }
 
     #[test]
     fn nlmsg_error_becomes_kernel_error() {
-        let mut dump = Dump::new(SEQ);
+        let mut counting = Counting::default();
+        let mut dump = Dump::new(SEQ, &mut counting);
         match dump.absorb(&nlmsg_error(-libc::ENOENT)) {
             Err(CollectError::NetlinkKernel { errno, message }) => {
                 assert_eq!(errno, libc::ENOENT);
@@ -426,14 +724,16 @@ mod tests {
             }
             other => panic!("expected a kernel error, got {other:?}"),
         }
-        let mut acked = Dump::new(SEQ);
+        let mut acking = Counting::default();
+        let mut acked = Dump::new(SEQ, &mut acking);
         let datagram = [nlmsg_error(0), done(0)].concat();
         assert_eq!(acked.absorb(&datagram).unwrap(), Progress::Done);
     }
 
     #[test]
     fn failed_done_becomes_kernel_error() {
-        let mut dump = Dump::new(SEQ);
+        let mut counting = Counting::default();
+        let mut dump = Dump::new(SEQ, &mut counting);
         assert!(matches!(
             dump.absorb(&done(-libc::ENOBUFS)),
             Err(CollectError::NetlinkKernel { errno, .. }) if errno == libc::ENOBUFS
@@ -444,7 +744,8 @@ mod tests {
     fn truncated_messages_are_errors_not_panics() {
         let whole = [socket(AF_INET, 1), done(0)].concat();
         for cut in 1..whole.len() {
-            let mut dump = Dump::new(SEQ);
+            let mut counting = Counting::default();
+            let mut dump = Dump::new(SEQ, &mut counting);
             let outcome = dump.absorb(&whole[..cut]);
             assert!(
                 matches!(
@@ -459,18 +760,18 @@ mod tests {
         }
         let short_socket = message(SOCK_DIAG_BY_FAMILY, 2, SEQ, &[AF_INET, 1, 0, 0]);
         assert!(matches!(
-            Dump::new(SEQ).absorb(&short_socket),
+            Dump::new(SEQ, &mut Counting::default()).absorb(&short_socket),
             Err(CollectError::NetlinkMalformed(_))
         ));
         let mut too_short_length = socket(AF_INET, 1);
         too_short_length[..4].copy_from_slice(&8u32.to_ne_bytes());
         assert!(matches!(
-            Dump::new(SEQ).absorb(&too_short_length),
+            Dump::new(SEQ, &mut Counting::default()).absorb(&too_short_length),
             Err(CollectError::NetlinkMalformed(_))
         ));
         let short_done = message(NLMSG_DONE, 2, SEQ, &[0, 0]);
         assert!(matches!(
-            Dump::new(SEQ).absorb(&short_done),
+            Dump::new(SEQ, &mut Counting::default()).absorb(&short_done),
             Err(CollectError::NetlinkMalformed(_))
         ));
     }
@@ -479,15 +780,15 @@ mod tests {
     fn foreign_sequence_and_unknown_values_are_errors() {
         let stale = message(NLMSG_DONE, 2, SEQ - 1, &0i32.to_ne_bytes());
         assert!(matches!(
-            Dump::new(SEQ).absorb(&stale),
+            Dump::new(SEQ, &mut Counting::default()).absorb(&stale),
             Err(CollectError::NetlinkMalformed(_))
         ));
         assert!(matches!(
-            Dump::new(SEQ).absorb(&socket(libc::AF_UNIX as u8, 1)),
+            Dump::new(SEQ, &mut Counting::default()).absorb(&socket(libc::AF_UNIX as u8, 1)),
             Err(CollectError::NetlinkMalformed(_))
         ));
         assert!(matches!(
-            Dump::new(SEQ).absorb(&socket(AF_INET, 13)),
+            Dump::new(SEQ, &mut Counting::default()).absorb(&socket(AF_INET, 13)),
             Err(CollectError::NetlinkMalformed(_))
         ));
     }
@@ -496,7 +797,8 @@ mod tests {
     fn notes_interrupted_dumps() {
         let mut interrupted = socket(AF_INET, 1);
         interrupted[6..8].copy_from_slice(&(2 | NLM_F_DUMP_INTR).to_ne_bytes());
-        let mut dump = Dump::new(SEQ);
+        let mut counting = Counting::default();
+        let mut dump = Dump::new(SEQ, &mut counting);
         assert_eq!(
             dump.absorb(&[interrupted, done(0)].concat()).unwrap(),
             Progress::Done
@@ -532,5 +834,107 @@ mod tests {
         let again = counter.count().unwrap();
         assert!(again.ipv4.get(TcpState::Listen) >= 1, "{again:?}");
         drop(listener);
+    }
+
+    #[test]
+    fn decodes_an_ipv4_socket_id() {
+        let mut fake =
+            testing::FakeSocket::new(TcpState::CloseWait, "127.0.0.1:8080", "10.1.2.3:54321");
+        fake.inode = 0xdead_beef;
+        fake.cookie = 0x0102_0304_0506_0708;
+        fake.rqueue = 17;
+        fake.wqueue = 4096;
+        fake.timer = 2;
+        fake.expires = 7000;
+        let bytes = fake.encode();
+        // The ports are big-endian on the wire whatever the host's byte order.
+        assert_eq!(&bytes[4..8], &[0x1f, 0x90, 0xd4, 0x31]);
+        assert_eq!(&bytes[8..12], &[127, 0, 0, 1]);
+        let view = SocketView::parse(&bytes).unwrap();
+        assert_eq!(view.family(), Family::Ipv4);
+        assert_eq!(view.state(), TcpState::CloseWait);
+        assert_eq!(view.local(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(view.remote(), "10.1.2.3:54321".parse().unwrap());
+        assert_eq!(view.inode(), 0xdead_beef);
+        assert_eq!(view.cookie(), 0x0102_0304_0506_0708);
+        assert_eq!((view.rqueue(), view.wqueue()), (17, 4096));
+        assert_eq!((view.timer(), view.expires()), (2, 7000));
+    }
+
+    #[test]
+    fn decodes_ipv6_and_mapped_socket_ids() {
+        let fake = testing::FakeSocket::new(
+            TcpState::TimeWait,
+            "[2001:db8::1]:443",
+            "[::ffff:192.0.2.7]:65535",
+        );
+        let bytes = fake.encode();
+        let view = SocketView::parse(&bytes).unwrap();
+        assert_eq!(view.family(), Family::Ipv6);
+        assert_eq!(view.state(), TcpState::TimeWait);
+        assert_eq!(view.local(), "[2001:db8::1]:443".parse().unwrap());
+        // Reported as the kernel has it; callers canonicalise where they want IPv4.
+        assert_eq!(
+            view.remote_ip(),
+            "::ffff:192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            view.remote_ip().to_canonical(),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(view.remote_port(), 65535);
+        assert_eq!(view.inode(), 0);
+    }
+
+    #[test]
+    fn state_masks_follow_the_kernel_bits() {
+        assert_eq!(state_mask(TcpState::ALL), ALL_STATES);
+        assert_eq!(state_mask([TcpState::Listen]), 1 << 10);
+        assert_eq!(
+            state_mask([TcpState::CloseWait, TcpState::TimeWait]),
+            1 << 8 | 1 << 6
+        );
+        assert_eq!(state_mask([TcpState::SynRecv]), 1 << 3 | 1 << 12);
+        assert_eq!(state_mask([]), 0);
+    }
+
+    /// Records what a walk visits.
+    #[derive(Default)]
+    struct Listeners(Vec<(InetSocketAddr, u32, u32)>, usize);
+
+    impl SocketVisitor for Listeners {
+        fn socket(&mut self, socket: &SocketView<'_>) {
+            assert_eq!(socket.state(), TcpState::Listen);
+            self.0
+                .push((socket.local(), socket.rqueue(), socket.wqueue()));
+        }
+
+        fn restart(&mut self) {
+            self.0.clear();
+            self.1 += 1;
+        }
+    }
+
+    #[test]
+    fn live_listen_walk_reports_the_accept_queue() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        // SAFETY: the descriptor is the listener's, alive for the call; listen() on a listening
+        // socket only changes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 5) }, 0);
+        let client = std::net::TcpStream::connect(address).unwrap();
+        let mut counter = NetlinkCounter::open().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut seen = Listeners::default();
+            counter.visit([TcpState::Listen], &mut seen).unwrap();
+            let ours = seen.0.iter().find(|(local, ..)| *local == address).copied();
+            if ours == Some((address, 1, 5)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{ours:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop((client, listener));
     }
 }

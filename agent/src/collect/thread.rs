@@ -7,16 +7,24 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
-use sockfleet_domain::{Collector, FamilyCounts, SysctlValues};
+use chrono::Utc;
+use sockfleet_domain::{Breakdowns, Collector, FamilyCounts, KernelCounters, SysctlValues, TopN};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-use super::{CollectError, CollectorChoice, SocketCounter, read_sysctls};
+use super::{
+    BreakdownCollector, CollectError, CollectorChoice, SocketCounter, read_kernel_counters,
+    read_sysctls,
+};
 
 /// What one collection found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collection {
     pub states: FamilyCounts,
     pub sysctls: SysctlValues,
+    /// `None` when the counter files could not be read (the failure is logged).
+    pub kernel: Option<KernelCounters>,
+    /// Top-N breakdowns; `None` with the procfs collector.
+    pub breakdowns: Option<Breakdowns>,
 }
 
 type Reply = oneshot::Sender<Result<Collection, CollectError>>;
@@ -33,10 +41,12 @@ pub struct CollectorThread {
 
 impl CollectorThread {
     /// Starts the thread, enters `netns` (a `/proc/PID/ns/net` or `/run/netns/NAME` path) if given, and
-    /// opens the socket reader there. Fails if the namespace cannot be entered or no reader works.
+    /// opens the socket reader there; breakdowns keep the `top_n` largest entries of each list. Fails
+    /// if the namespace cannot be entered or no reader works.
     pub fn spawn(
         choice: CollectorChoice,
         netns: Option<PathBuf>,
+        top_n: TopN,
     ) -> Result<CollectorThread, CollectError> {
         let (requests, mut incoming) = async_mpsc::channel::<Reply>(1);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -57,8 +67,9 @@ impl CollectorThread {
                         return;
                     }
                 };
+                let mut breakdowns = BreakdownCollector::new(top_n);
                 while let Some(reply) = incoming.blocking_recv() {
-                    let _ = reply.send(collect_once(&mut counter));
+                    let _ = reply.send(collect_once(&mut counter, &mut breakdowns));
                 }
             })
             .map_err(CollectError::ThreadStart)?;
@@ -82,10 +93,26 @@ impl CollectorThread {
     }
 }
 
-fn collect_once(counter: &mut SocketCounter) -> Result<Collection, CollectError> {
+fn collect_once(
+    counter: &mut SocketCounter,
+    breakdowns: &mut BreakdownCollector,
+) -> Result<Collection, CollectError> {
+    let sysctls = read_sysctls()?;
+    let (states, breakdowns) = match counter {
+        // One pass over the dump yields the counts and the breakdowns together.
+        SocketCounter::Netlink(netlink) => {
+            let collected = breakdowns.collect(netlink, &sysctls, Utc::now())?;
+            (collected.states, Some(collected.breakdowns))
+        }
+        SocketCounter::Procfs => (counter.count()?, None),
+    };
     Ok(Collection {
-        states: counter.count()?,
-        sysctls: read_sysctls()?,
+        states,
+        sysctls,
+        kernel: read_kernel_counters()
+            .inspect_err(|error| tracing::warn!(%error, "cannot read the kernel's TCP counters"))
+            .ok(),
+        breakdowns,
     })
 }
 

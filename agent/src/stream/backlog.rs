@@ -106,6 +106,8 @@ mod tests {
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), Some((*value).to_owned())))
                 .collect::<SysctlValues>(),
+            kernel: None,
+            breakdowns: None,
         }
     }
 

@@ -45,6 +45,8 @@ impl ReportBuilder {
             collected_at,
             states: collection.states,
             sysctls,
+            kernel: collection.kernel,
+            breakdowns: collection.breakdowns,
         }
     }
 }
@@ -66,6 +68,8 @@ mod tests {
                 ("net.ipv4.tcp_tw_recycle".to_owned(), None),
             ]
             .into(),
+            kernel: None,
+            breakdowns: None,
         }
     }
 

@@ -1,6 +1,9 @@
 //! Conversion of the agent's reports into `sockfleet.v1` messages.
 
-use sockfleet_domain::StateCounts;
+use std::net::{IpAddr, SocketAddr};
+
+use chrono::{DateTime, Utc};
+use sockfleet_domain::{Attribution, Breakdowns, KernelCounters, StateCounts};
 use sockfleet_proto::v1;
 
 use sockfleet_domain::Report;
@@ -10,10 +13,7 @@ pub fn report_message(report: &Report, dropped_reports: u64) -> v1::AgentMessage
     v1::AgentMessage {
         body: Some(v1::agent_message::Body::Report(v1::Report {
             sequence: report.sequence,
-            collected_at: Some(prost_types::Timestamp {
-                seconds: report.collected_at.timestamp(),
-                nanos: report.collected_at.timestamp_subsec_nanos() as i32,
-            }),
+            collected_at: Some(timestamp(report.collected_at)),
             ipv4: Some(state_counts(&report.states.ipv4)),
             ipv6: Some(state_counts(&report.states.ipv6)),
             sysctls: report
@@ -25,6 +25,8 @@ pub fn report_message(report: &Report, dropped_reports: u64) -> v1::AgentMessage
                 })
                 .collect(),
             dropped_reports,
+            kernel: report.kernel.as_ref().map(kernel_counters),
+            breakdowns: report.breakdowns.as_ref().map(breakdowns),
         })),
     }
 }
@@ -55,5 +57,143 @@ fn state_counts(counts: &StateCounts) -> v1::StateCounts {
         last_ack,
         listen,
         closing,
+    }
+}
+
+fn kernel_counters(counters: &KernelCounters) -> v1::KernelCounters {
+    let KernelCounters {
+        time_wait_overflow,
+        listen_overflows,
+        listen_drops,
+        abort_on_memory,
+        active_opens,
+        passive_opens,
+        attempt_fails,
+        estab_resets,
+        out_resets,
+        retrans_segs,
+        in_errs,
+        orphans,
+        time_wait_sockstat,
+        allocated,
+        in_use,
+        memory_pages,
+    } = *counters;
+    v1::KernelCounters {
+        time_wait_overflow,
+        listen_overflows,
+        listen_drops,
+        abort_on_memory,
+        active_opens,
+        passive_opens,
+        attempt_fails,
+        estab_resets,
+        out_resets,
+        retrans_segs,
+        in_errs,
+        orphans,
+        time_wait_sockstat,
+        allocated,
+        in_use,
+        memory_pages,
+    }
+}
+
+fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        // Below 10^9, so it always fits.
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+fn endpoint(address: SocketAddr) -> v1::Endpoint {
+    v1::Endpoint {
+        ip: ip_bytes(address.ip()),
+        port: u32::from(address.port()),
+    }
+}
+
+fn breakdowns(breakdowns: &Breakdowns) -> v1::Breakdowns {
+    let attribution = match &breakdowns.attribution {
+        Attribution::Complete => v1::Attribution {
+            status: v1::attribution::Status::Complete.into(),
+            ..Default::default()
+        },
+        Attribution::Partial {
+            unattributed_sockets,
+            unreadable_processes,
+            reason,
+        } => v1::Attribution {
+            status: v1::attribution::Status::Partial.into(),
+            unattributed_sockets: *unattributed_sockets,
+            unreadable_processes: *unreadable_processes,
+            reason: reason.clone(),
+        },
+        Attribution::Unavailable { reason } => v1::Attribution {
+            status: v1::attribution::Status::Unavailable.into(),
+            reason: reason.clone(),
+            ..Default::default()
+        },
+    };
+    v1::Breakdowns {
+        usable_local_ports: breakdowns.usable_local_ports,
+        destinations: breakdowns
+            .destinations
+            .iter()
+            .map(|use_| v1::DestinationUse {
+                local_ip: ip_bytes(use_.local_ip),
+                remote_ip: ip_bytes(use_.remote_ip),
+                remote_port: u32::from(use_.remote_port),
+                time_wait: use_.time_wait,
+                ephemeral: use_.ephemeral,
+            })
+            .collect(),
+        close_wait_sockets: breakdowns
+            .close_wait_sockets
+            .iter()
+            .map(|socket| v1::CloseWaitSocket {
+                inode: socket.inode,
+                local: Some(endpoint(socket.local)),
+                remote: Some(endpoint(socket.remote)),
+                pid: socket.pid,
+                comm: socket.comm.clone(),
+                first_seen: Some(timestamp(socket.first_seen)),
+            })
+            .collect(),
+        close_wait_processes: breakdowns
+            .close_wait_processes
+            .iter()
+            .map(|process| v1::ProcessCloseWait {
+                pid: process.pid,
+                comm: process.comm.clone(),
+                close_wait: process.close_wait,
+                open_fds: process.open_fds,
+                fd_limit: process.fd_limit,
+            })
+            .collect(),
+        listeners: breakdowns
+            .listeners
+            .iter()
+            .map(|listener| v1::ListenQueue {
+                local: Some(endpoint(listener.local)),
+                queued: listener.queued,
+                backlog: listener.backlog,
+            })
+            .collect(),
+        attribution: Some(attribution),
+        omitted: Some(v1::Omitted {
+            destinations: breakdowns.omitted.destinations,
+            close_wait_sockets: breakdowns.omitted.close_wait_sockets,
+            close_wait_processes: breakdowns.omitted.close_wait_processes,
+            listeners: breakdowns.omitted.listeners,
+        }),
     }
 }

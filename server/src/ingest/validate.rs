@@ -4,8 +4,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use std::net::{IpAddr, SocketAddr};
+
 use sockfleet_domain::{
-    AgentHello, Collector, FamilyCounts, HostId, Report, StateCounts, SysctlValues,
+    AgentHello, Attribution, Breakdowns, CloseWaitSocket, Collector, DestinationUse, FamilyCounts,
+    HostId, KernelCounters, ListenQueue, Omitted, ProcessCloseWait, Report, StateCounts,
+    SysctlValues,
 };
 use sockfleet_proto::v1;
 
@@ -13,6 +17,10 @@ use sockfleet_proto::v1;
 pub const MAX_STATE_COUNT: u64 = 10_000_000;
 /// Highest sequence number the databases can hold (a signed 64-bit column).
 pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+/// Largest kernel counter accepted (the databases hold signed 64-bit integers).
+pub const MAX_COUNTER: u64 = i64::MAX as u64;
+/// Most entries in one breakdown list (the agent's largest top-N).
+pub const MAX_BREAKDOWN_ENTRIES: usize = 1000;
 /// Most sysctls one report may carry.
 pub const MAX_SYSCTLS: usize = 128;
 /// Longest sysctl name, in bytes.
@@ -152,11 +160,7 @@ pub fn report(message: v1::Report, now: DateTime<Utc>) -> Result<(Report, u64), 
     let timestamp = message
         .collected_at
         .ok_or_else(|| invalid("report.collected_at", "missing"))?;
-    let collected_at = u32::try_from(timestamp.nanos)
-        .ok()
-        .filter(|nanos| *nanos < 1_000_000_000)
-        .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos))
-        .ok_or_else(|| invalid("report.collected_at", "not a valid timestamp"))?;
+    let collected_at = time("report.collected_at", timestamp)?;
     if collected_at > now + MAX_CLOCK_AHEAD {
         return Err(invalid(
             "report.collected_at",
@@ -180,6 +184,8 @@ pub fn report(message: v1::Report, now: DateTime<Utc>) -> Result<(Report, u64), 
         collected_at,
         states,
         sysctls: sysctls(message.sysctls)?,
+        kernel: message.kernel.map(kernel_counters).transpose()?,
+        breakdowns: message.breakdowns.map(breakdowns).transpose()?,
     };
     Ok((report, message.dropped_reports))
 }
@@ -209,6 +215,200 @@ fn state_counts(field: &str, counts: Option<v1::StateCounts>) -> Result<StateCou
         ));
     }
     Ok(parsed)
+}
+
+fn time(field: &str, timestamp: prost_types::Timestamp) -> Result<DateTime<Utc>, Invalid> {
+    u32::try_from(timestamp.nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos))
+        .ok_or_else(|| invalid(field, "not a valid timestamp"))
+}
+
+fn ip(field: &str, bytes: &[u8]) -> Result<IpAddr, Invalid> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Ok(IpAddr::from(v4));
+    }
+    if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
+        return Ok(IpAddr::from(v6));
+    }
+    Err(invalid(
+        field,
+        format!(
+            "{} bytes is not an IPv4 (4) or IPv6 (16) address",
+            bytes.len()
+        ),
+    ))
+}
+
+fn port(field: &str, port: u32) -> Result<u16, Invalid> {
+    u16::try_from(port).map_err(|_| invalid(field, format!("{port} is not a port")))
+}
+
+fn endpoint(field: &str, endpoint: Option<v1::Endpoint>) -> Result<SocketAddr, Invalid> {
+    let endpoint = endpoint.ok_or_else(|| invalid(field, "missing"))?;
+    Ok(SocketAddr::new(
+        ip(&format!("{field}.ip"), &endpoint.ip)?,
+        port(&format!("{field}.port"), endpoint.port)?,
+    ))
+}
+
+/// Converts breakdowns, then checks the invariants the domain type documents.
+fn breakdowns(raw: v1::Breakdowns) -> Result<Breakdowns, Invalid> {
+    let lists = [
+        ("destinations", raw.destinations.len()),
+        ("close_wait_sockets", raw.close_wait_sockets.len()),
+        ("close_wait_processes", raw.close_wait_processes.len()),
+        ("listeners", raw.listeners.len()),
+    ];
+    // Checked before converting, so an oversized list costs nothing more.
+    if let Some((list, len)) = lists.iter().find(|(_, len)| *len > MAX_BREAKDOWN_ENTRIES) {
+        return Err(invalid(
+            format!("report.breakdowns.{list}"),
+            format!("{len} entries; at most {MAX_BREAKDOWN_ENTRIES} allowed"),
+        ));
+    }
+    let destinations = raw
+        .destinations
+        .into_iter()
+        .map(|use_| {
+            let field = "report.breakdowns.destinations";
+            Ok(DestinationUse {
+                local_ip: ip(&format!("{field}.local_ip"), &use_.local_ip)?,
+                remote_ip: ip(&format!("{field}.remote_ip"), &use_.remote_ip)?,
+                remote_port: port(&format!("{field}.remote_port"), use_.remote_port)?,
+                time_wait: use_.time_wait,
+                ephemeral: use_.ephemeral,
+            })
+        })
+        .collect::<Result<_, Invalid>>()?;
+    let close_wait_sockets = raw
+        .close_wait_sockets
+        .into_iter()
+        .map(|socket| {
+            let field = "report.breakdowns.close_wait_sockets";
+            Ok(CloseWaitSocket {
+                inode: socket.inode,
+                local: endpoint(&format!("{field}.local"), socket.local)?,
+                remote: endpoint(&format!("{field}.remote"), socket.remote)?,
+                pid: socket.pid,
+                comm: socket.comm,
+                first_seen: time(
+                    &format!("{field}.first_seen"),
+                    socket
+                        .first_seen
+                        .ok_or_else(|| invalid(format!("{field}.first_seen"), "missing"))?,
+                )?,
+            })
+        })
+        .collect::<Result<_, Invalid>>()?;
+    let close_wait_processes = raw
+        .close_wait_processes
+        .into_iter()
+        .map(|process| ProcessCloseWait {
+            pid: process.pid,
+            comm: process.comm,
+            close_wait: process.close_wait,
+            open_fds: process.open_fds,
+            fd_limit: process.fd_limit,
+        })
+        .collect();
+    let listeners = raw
+        .listeners
+        .into_iter()
+        .map(|listener| {
+            Ok(ListenQueue {
+                local: endpoint("report.breakdowns.listeners.local", listener.local)?,
+                queued: listener.queued,
+                backlog: listener.backlog,
+            })
+        })
+        .collect::<Result<_, Invalid>>()?;
+    let attribution = raw
+        .attribution
+        .ok_or_else(|| invalid("report.breakdowns.attribution", "missing"))?;
+    let attribution = match v1::attribution::Status::try_from(attribution.status) {
+        Ok(v1::attribution::Status::Complete) => Attribution::Complete,
+        Ok(v1::attribution::Status::Partial) => Attribution::Partial {
+            unattributed_sockets: attribution.unattributed_sockets,
+            unreadable_processes: attribution.unreadable_processes,
+            reason: attribution.reason,
+        },
+        Ok(v1::attribution::Status::Unavailable) => Attribution::Unavailable {
+            reason: attribution.reason,
+        },
+        _ => {
+            return Err(invalid(
+                "report.breakdowns.attribution.status",
+                format!("{} is not a known status", attribution.status),
+            ));
+        }
+    };
+    let omitted = raw.omitted.unwrap_or_default();
+    let converted = Breakdowns {
+        usable_local_ports: raw.usable_local_ports,
+        destinations,
+        close_wait_sockets,
+        close_wait_processes,
+        listeners,
+        attribution,
+        omitted: Omitted {
+            destinations: omitted.destinations,
+            close_wait_sockets: omitted.close_wait_sockets,
+            close_wait_processes: omitted.close_wait_processes,
+            listeners: omitted.listeners,
+        },
+    };
+    converted
+        .validate()
+        .map_err(|error| invalid("report.breakdowns", error.to_string()))?;
+    Ok(converted)
+}
+
+/// Counters are stored as signed 64-bit integers; anything above is not a real counter.
+fn kernel_counters(raw: v1::KernelCounters) -> Result<KernelCounters, Invalid> {
+    let values = [
+        ("time_wait_overflow", raw.time_wait_overflow),
+        ("listen_overflows", raw.listen_overflows),
+        ("listen_drops", raw.listen_drops),
+        ("abort_on_memory", raw.abort_on_memory),
+        ("active_opens", raw.active_opens),
+        ("passive_opens", raw.passive_opens),
+        ("attempt_fails", raw.attempt_fails),
+        ("estab_resets", raw.estab_resets),
+        ("out_resets", raw.out_resets),
+        ("retrans_segs", raw.retrans_segs),
+        ("in_errs", raw.in_errs),
+        ("orphans", raw.orphans),
+        ("time_wait_sockstat", raw.time_wait_sockstat),
+        ("allocated", raw.allocated),
+        ("in_use", raw.in_use),
+        ("memory_pages", raw.memory_pages),
+    ];
+    if let Some((name, value)) = values.iter().find(|(_, value)| *value > MAX_COUNTER) {
+        return Err(invalid(
+            format!("report.kernel.{name}"),
+            format!("{value} exceeds {MAX_COUNTER}"),
+        ));
+    }
+    Ok(KernelCounters {
+        time_wait_overflow: raw.time_wait_overflow,
+        listen_overflows: raw.listen_overflows,
+        listen_drops: raw.listen_drops,
+        abort_on_memory: raw.abort_on_memory,
+        active_opens: raw.active_opens,
+        passive_opens: raw.passive_opens,
+        attempt_fails: raw.attempt_fails,
+        estab_resets: raw.estab_resets,
+        out_resets: raw.out_resets,
+        retrans_segs: raw.retrans_segs,
+        in_errs: raw.in_errs,
+        orphans: raw.orphans,
+        time_wait_sockstat: raw.time_wait_sockstat,
+        allocated: raw.allocated,
+        in_use: raw.in_use,
+        memory_pages: raw.memory_pages,
+    })
 }
 
 fn sysctls(raw: Vec<v1::Sysctl>) -> Result<SysctlValues, Invalid> {
@@ -276,6 +476,33 @@ mod tests {
                 value: Some("60".into()),
             }],
             dropped_reports: 0,
+            kernel: Some(v1::KernelCounters {
+                active_opens: 12,
+                ..Default::default()
+            }),
+            breakdowns: Some(v1::Breakdowns {
+                usable_local_ports: 28232,
+                destinations: vec![v1::DestinationUse {
+                    local_ip: vec![127, 0, 0, 1],
+                    remote_ip: vec![127, 0, 0, 2],
+                    remote_port: 5432,
+                    time_wait: 3,
+                    ephemeral: 5,
+                }],
+                listeners: vec![v1::ListenQueue {
+                    local: Some(v1::Endpoint {
+                        ip: vec![0; 16],
+                        port: 7070,
+                    }),
+                    queued: 1,
+                    backlog: 128,
+                }],
+                attribution: Some(v1::Attribution {
+                    status: v1::attribution::Status::Complete.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
         }
     }
 
@@ -303,6 +530,58 @@ mod tests {
         });
         let error = report(message, now).unwrap_err();
         assert_eq!(error.field, "report.ipv6.time_wait");
+    }
+
+    #[test]
+    fn keeps_kernel_counters_and_refuses_impossible_ones() {
+        let now = Utc::now();
+        let (parsed, _) = report(good_report(now), now).unwrap();
+        assert_eq!(parsed.kernel.map(|kernel| kernel.active_opens), Some(12));
+        let mut message = good_report(now);
+        message.kernel = Some(v1::KernelCounters {
+            retrans_segs: u64::MAX,
+            ..Default::default()
+        });
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.kernel.retrans_segs"
+        );
+    }
+
+    #[test]
+    fn converts_breakdowns_and_names_bad_fields() {
+        let now = Utc::now();
+        let (parsed, _) = report(good_report(now), now).unwrap();
+        let breakdowns = parsed.breakdowns.unwrap();
+        assert_eq!(
+            breakdowns.destinations[0].remote_ip.to_string(),
+            "127.0.0.2"
+        );
+        assert_eq!(breakdowns.listeners[0].local.to_string(), "[::]:7070");
+
+        let mut message = good_report(now);
+        if let Some(breakdowns) = message.breakdowns.as_mut() {
+            breakdowns.destinations[0].remote_ip = vec![1, 2, 3];
+        }
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.breakdowns.destinations.remote_ip"
+        );
+
+        let mut message = good_report(now);
+        if let Some(breakdowns) = message.breakdowns.as_mut() {
+            breakdowns.destinations[0].time_wait = 9;
+        }
+        assert_eq!(report(message, now).unwrap_err().field, "report.breakdowns");
+
+        let mut message = good_report(now);
+        if let Some(breakdowns) = message.breakdowns.as_mut() {
+            breakdowns.attribution = None;
+        }
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.breakdowns.attribution"
+        );
     }
 
     #[test]

@@ -98,4 +98,16 @@ macro_rules! state_columns {
     };
 }
 
-pub(super) use state_columns;
+/// The 16 columns of `kernel_counters` after its keys, in `KernelCounters` field order (see
+/// [`super::rows::kernel_values`]).
+macro_rules! kernel_columns {
+    () => {
+        concat!(
+            "time_wait_overflow, listen_overflows, listen_drops, abort_on_memory, active_opens, ",
+            "passive_opens, attempt_fails, estab_resets, out_resets, retrans_segs, in_errs, orphans, ",
+            "time_wait_sockstat, allocated, in_use, memory_pages"
+        )
+    };
+}
+
+pub(super) use {kernel_columns, state_columns};

@@ -9,9 +9,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
-use super::columns::state_columns;
+use super::columns::{kernel_columns, state_columns};
 use super::records::{AgentSession, CommitBookkeeping, RunKeys};
-use super::rows::{count_values, family_counts};
+use super::rows::{count_values, family_counts, kernel_counters, kernel_values};
 use super::{
     HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, StorageError,
     Store, SysctlChange,
@@ -95,6 +95,12 @@ impl Store for PostgresStore {
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
             "$19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT (run_key, sequence) DO NOTHING"
         );
+        const INSERT_KERNEL: &str = concat!(
+            "INSERT INTO kernel_counters (run_key, sequence, host_key, collected_at, ",
+            kernel_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
+            "$19, $20) ON CONFLICT (run_key, sequence) DO NOTHING"
+        );
         let mut tx = self.pool.begin().await?;
         let mut bookkeeping = CommitBookkeeping::default();
         for incoming in reports {
@@ -117,6 +123,30 @@ impl Store for PostgresStore {
                 insert = insert.bind(i32::try_from(count).unwrap_or(i32::MAX));
             }
             insert.execute(&mut *tx).await?;
+            if let Some(breakdowns) = &report.breakdowns {
+                sqlx::query(
+                    "INSERT INTO breakdowns (run_key, sequence, host_key, collected_at, data) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_key, sequence) DO NOTHING",
+                )
+                .bind(keys.run)
+                .bind(i64::try_from(report.sequence).unwrap_or(i64::MAX))
+                .bind(keys.host)
+                .bind(report.collected_at)
+                .bind(Json(breakdowns))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(kernel) = &report.kernel {
+                let mut insert = sqlx::query(INSERT_KERNEL)
+                    .bind(keys.run)
+                    .bind(i64::try_from(report.sequence).unwrap_or(i64::MAX))
+                    .bind(keys.host)
+                    .bind(report.collected_at);
+                for value in kernel_values(kernel) {
+                    insert = insert.bind(value);
+                }
+                insert.execute(&mut *tx).await?;
+            }
 
             if bookkeeping.dropped_grew(session, incoming.dropped_reports) {
                 sqlx::query(
@@ -166,9 +196,29 @@ impl Store for PostgresStore {
         .bind(host_key)
         .fetch_optional(&self.pool)
         .await?;
+        let kernel = match sqlx::query(concat!(
+            "SELECT ",
+            kernel_columns!(),
+            " FROM kernel_counters WHERE host_key = $1 ORDER BY collected_at DESC LIMIT 1"
+        ))
+        .bind(host_key)
+        .fetch_optional(&self.pool)
+        .await?
+        {
+            Some(row) => kernel_counters(&row, 0)?,
+            None => None,
+        };
+        let breakdowns: Option<Json<sockfleet_domain::Breakdowns>> = sqlx::query_scalar(
+            "SELECT data FROM breakdowns WHERE host_key = $1 ORDER BY collected_at DESC LIMIT 1",
+        )
+        .bind(host_key)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(Some(HostDetail {
             overview,
             sysctls,
+            kernel,
+            breakdowns: breakdowns.map(|Json(breakdowns)| breakdowns),
             dropped_reports: dropped.and_then(|d| u64::try_from(d).ok()).unwrap_or(0),
         }))
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sockfleet_domain::{AgentHello, FamilyCounts, HostId, Report, SysctlValues};
+use sockfleet_domain::{
+    AgentHello, Breakdowns, FamilyCounts, HostId, KernelCounters, Report, SysctlValues,
+};
 
 /// One agent stream as storage sees it: the hello, and the database keys of its host and run once the
 /// first report has registered them (so later batches need no lookups).
@@ -81,6 +83,10 @@ pub struct HostDetail {
     pub sysctls: SysctlValues,
     /// Reports the current agent run has dropped (backlog overflow while the server was unreachable).
     pub dropped_reports: u64,
+    /// The kernel's TCP counters of the latest report that carried them.
+    pub kernel: Option<KernelCounters>,
+    /// The breakdowns of the latest report that carried them.
+    pub breakdowns: Option<Breakdowns>,
 }
 
 /// One recorded value of a sysctl: the first one seen, or a change.

@@ -1,6 +1,6 @@
 //! Decoding rows into records, shared by both backends.
 
-use sockfleet_domain::{Family, FamilyCounts, StateCounts, TcpState};
+use sockfleet_domain::{Family, FamilyCounts, KernelCounters, StateCounts, TcpState};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::StorageError;
@@ -42,4 +42,85 @@ pub(super) fn count_values(counts: &FamilyCounts) -> impl Iterator<Item = i64> +
         .into_iter()
         .flat_map(|family| counts.family(family).as_array().iter())
         .map(|count| i64::try_from(*count).unwrap_or(i64::MAX))
+}
+
+/// The 16 kernel counters in the column order of `kernel_columns!`.
+pub(super) fn kernel_values(counters: &KernelCounters) -> [i64; 16] {
+    [
+        counters.time_wait_overflow,
+        counters.listen_overflows,
+        counters.listen_drops,
+        counters.abort_on_memory,
+        counters.active_opens,
+        counters.passive_opens,
+        counters.attempt_fails,
+        counters.estab_resets,
+        counters.out_resets,
+        counters.retrans_segs,
+        counters.in_errs,
+        counters.orphans,
+        counters.time_wait_sockstat,
+        counters.allocated,
+        counters.in_use,
+        counters.memory_pages,
+    ]
+    .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// Reads the 16 kernel counter columns starting at `first`; `None` when they are NULL.
+pub(super) fn kernel_counters<'r, R>(
+    row: &'r R,
+    first: usize,
+) -> Result<Option<KernelCounters>, StorageError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut values = [0u64; 16];
+    for (offset, slot) in values.iter_mut().enumerate() {
+        let column = first + offset;
+        let Some(value) = row.try_get::<Option<i64>, _>(column)? else {
+            return Ok(None);
+        };
+        *slot = u64::try_from(value).map_err(|_| {
+            StorageError::Corrupt(format!("negative counter {value} in column {column}"))
+        })?;
+    }
+    let [
+        time_wait_overflow,
+        listen_overflows,
+        listen_drops,
+        abort_on_memory,
+        active_opens,
+        passive_opens,
+        attempt_fails,
+        estab_resets,
+        out_resets,
+        retrans_segs,
+        in_errs,
+        orphans,
+        time_wait_sockstat,
+        allocated,
+        in_use,
+        memory_pages,
+    ] = values;
+    Ok(Some(KernelCounters {
+        time_wait_overflow,
+        listen_overflows,
+        listen_drops,
+        abort_on_memory,
+        active_opens,
+        passive_opens,
+        attempt_fails,
+        estab_resets,
+        out_resets,
+        retrans_segs,
+        in_errs,
+        orphans,
+        time_wait_sockstat,
+        allocated,
+        in_use,
+        memory_pages,
+    }))
 }

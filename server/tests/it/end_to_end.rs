@@ -82,6 +82,34 @@ async fn api_shows_what_ss_shows() {
         Some(true)
     );
 
+    // The test process holds every CLOSE_WAIT socket of the namespace: the agent names it.
+    let breakdowns = &host["breakdowns"];
+    assert_eq!(
+        breakdowns["attribution"]["status"], "complete",
+        "{breakdowns}"
+    );
+    let owner = &breakdowns["close_wait_processes"][0];
+    assert_eq!(owner["pid"], std::process::id(), "{breakdowns}");
+    assert_eq!(
+        owner["close_wait"],
+        expected
+            .combined()
+            .get(sockfleet_domain::TcpState::CloseWait),
+        "{breakdowns}"
+    );
+    assert!(
+        breakdowns["listeners"]
+            .as_array()
+            .is_some_and(|listeners| !listeners.is_empty()),
+        "{breakdowns}"
+    );
+    assert!(
+        host["kernel"]["active_opens"]
+            .as_u64()
+            .is_some_and(|opens| opens > 0),
+        "{host}"
+    );
+
     let (status, list) = get_json(&format!("{}/api/v1/hosts", server.url())).await;
     assert_eq!(status, 200);
     let listed = list["hosts"].as_array().expect("hosts");

@@ -295,6 +295,12 @@ async fn host_detail_shows_sysctls_and_drops() {
         })
     );
     assert_eq!(body["dropped_reports"], 2);
+    assert_eq!(
+        body["kernel"]["active_opens"],
+        1000 + latest.sequence,
+        "the latest report's kernel counters"
+    );
+    assert_eq!(body["kernel"]["listen_drops"], 3);
 
     let (status, body) = fleet.get(&format!("/api/v1/hosts/{HOST_B}")).await;
     assert_eq!(status, 200, "{body}");

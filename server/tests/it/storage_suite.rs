@@ -44,7 +44,7 @@ on_both_backends!(
     only_sysctl_changes_are_stored,
     series_raw_and_stepped,
     hosts_paginate_by_id,
-    dropped_reports_are_recorded,
+    drops_kernel_counters_and_breakdowns_are_recorded,
 );
 
 fn session(host: &str, run: &str) -> Arc<AgentSession> {
@@ -90,6 +90,8 @@ fn incoming(
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), value.map(str::to_owned)))
                 .collect::<SysctlValues>(),
+            kernel: None,
+            breakdowns: None,
         },
         dropped_reports: 0,
     }
@@ -368,11 +370,27 @@ async fn hosts_paginate_by_id(store: Arc<dyn Store>) {
     assert_eq!(ids, vec!["c-host"]);
 }
 
-async fn dropped_reports_are_recorded(store: Arc<dyn Store>) {
+async fn drops_kernel_counters_and_breakdowns_are_recorded(store: Arc<dyn Store>) {
     let agent = session("web-1", "run-a");
     let mut report = incoming(&agent, 7, start(), counts(1, 1), &[]);
     report.dropped_reports = 5;
+    let kernel = sockfleet_domain::KernelCounters {
+        time_wait_overflow: 4,
+        retrans_segs: u64::try_from(i64::MAX).unwrap(),
+        memory_pages: 276,
+        ..Default::default()
+    };
+    report.report.kernel = Some(kernel);
+    let mut breakdowns = sockfleet_domain::Breakdowns::empty(28232);
+    breakdowns.listeners.push(sockfleet_domain::ListenQueue {
+        local: "127.0.0.1:7070".parse().unwrap(),
+        queued: 2,
+        backlog: 128,
+    });
+    report.report.breakdowns = Some(breakdowns.clone());
     store.commit_reports(&[report]).await.unwrap();
     let detail = store.host(&host("web-1")).await.unwrap().unwrap();
     assert_eq!(detail.dropped_reports, 5);
+    assert_eq!(detail.kernel, Some(kernel), "kernel counters round-trip");
+    assert_eq!(detail.breakdowns, Some(breakdowns), "breakdowns round-trip");
 }

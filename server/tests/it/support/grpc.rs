@@ -72,6 +72,12 @@ pub fn report(
             })
             .collect(),
         dropped_reports: 0,
+        kernel: Some(v1::KernelCounters {
+            active_opens: 1000 + sequence,
+            listen_drops: 3,
+            ..Default::default()
+        }),
+        breakdowns: None,
     }
 }
 
