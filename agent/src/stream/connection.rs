@@ -23,6 +23,35 @@ const OUTBOUND_BUFFER: usize = 32;
 /// A connection that lived this long resets the reconnect backoff.
 const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
 
+/// Delays between reconnection attempts: exponential growth (0.5 s doubling up to 30 s) with full
+/// jitter, so thousands of agents that lost the same server do not come back in lockstep.
+struct ReconnectDelay {
+    ceilings: backon::ExponentialBackoff,
+}
+
+impl ReconnectDelay {
+    /// Shortest delay, so a flapping server is not hammered.
+    const FLOOR: Duration = Duration::from_millis(100);
+    /// Longest delay.
+    const CEILING: Duration = Duration::from_secs(30);
+
+    fn new() -> ReconnectDelay {
+        ReconnectDelay {
+            ceilings: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Self::CEILING)
+                .without_max_times()
+                .build(),
+        }
+    }
+
+    /// A uniformly random delay between the floor and the current exponential ceiling.
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceilings.next().unwrap_or(Self::CEILING);
+        ceiling.mul_f64(rand::random::<f64>()).max(Self::FLOOR)
+    }
+}
+
 /// Where and as whom to stream.
 #[derive(Debug, Clone)]
 pub struct StreamTarget {
@@ -61,12 +90,7 @@ pub async fn maintain_stream(
     interval: &watch::Sender<Duration>,
     shutdown: &CancellationToken,
 ) {
-    let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times();
-    let mut backoff = backoff_builder.build();
+    let mut backoff = ReconnectDelay::new();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
         match stream_once(target, queue, interval, shutdown).await {
@@ -90,9 +114,9 @@ pub async fn maintain_stream(
             }
             Err(error) => {
                 if started.elapsed() >= HEALTHY_CONNECTION {
-                    backoff = backoff_builder.build();
+                    backoff = ReconnectDelay::new();
                 }
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, pending = queue.counters().pending, "stream to server lost");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -219,4 +243,43 @@ fn refused_sequence(status: &tonic::Status) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_and_spread() {
+        let samples: Vec<Vec<Duration>> = (0..200)
+            .map(|_| {
+                let mut delay = ReconnectDelay::new();
+                (0..10).map(|_| delay.next_delay()).collect()
+            })
+            .collect();
+        for attempts in &samples {
+            for (attempt, delay) in attempts.iter().enumerate() {
+                let ceiling =
+                    Duration::from_millis(500 * (1 << attempt)).min(ReconnectDelay::CEILING);
+                assert!(
+                    *delay >= ReconnectDelay::FLOOR && *delay <= ceiling,
+                    "{attempt}: {delay:?}"
+                );
+            }
+        }
+        // Full jitter: the tenth attempts of 200 agents spread over most of 0-30 s.
+        let tenth: Vec<Duration> = samples.iter().map(|attempts| attempts[9]).collect();
+        let below_ten = tenth
+            .iter()
+            .filter(|d| **d < Duration::from_secs(10))
+            .count();
+        let above_twenty = tenth
+            .iter()
+            .filter(|d| **d > Duration::from_secs(20))
+            .count();
+        assert!(
+            below_ten > 20 && above_twenty > 20,
+            "{below_ten} {above_twenty}"
+        );
+    }
 }
