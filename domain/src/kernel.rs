@@ -69,3 +69,105 @@ pub struct KernelCounters {
     /// shrinks buffers and resets orphans (`abort_on_memory`).
     pub memory_pages: u64,
 }
+
+impl KernelCounters {
+    /// The field names, in the order of [`KernelCounters::to_array`].
+    pub const FIELDS: [&'static str; 16] = [
+        "time_wait_overflow",
+        "listen_overflows",
+        "listen_drops",
+        "abort_on_memory",
+        "active_opens",
+        "passive_opens",
+        "attempt_fails",
+        "estab_resets",
+        "out_resets",
+        "retrans_segs",
+        "in_errs",
+        "orphans",
+        "time_wait_sockstat",
+        "allocated",
+        "in_use",
+        "memory_pages",
+    ];
+
+    /// The values in [`KernelCounters::FIELDS`] order, for storage columns and bounds checks.
+    pub const fn to_array(&self) -> [u64; 16] {
+        [
+            self.time_wait_overflow,
+            self.listen_overflows,
+            self.listen_drops,
+            self.abort_on_memory,
+            self.active_opens,
+            self.passive_opens,
+            self.attempt_fails,
+            self.estab_resets,
+            self.out_resets,
+            self.retrans_segs,
+            self.in_errs,
+            self.orphans,
+            self.time_wait_sockstat,
+            self.allocated,
+            self.in_use,
+            self.memory_pages,
+        ]
+    }
+
+    /// Counters from values in [`KernelCounters::FIELDS`] order.
+    pub const fn from_array(values: [u64; 16]) -> KernelCounters {
+        let [
+            time_wait_overflow,
+            listen_overflows,
+            listen_drops,
+            abort_on_memory,
+            active_opens,
+            passive_opens,
+            attempt_fails,
+            estab_resets,
+            out_resets,
+            retrans_segs,
+            in_errs,
+            orphans,
+            time_wait_sockstat,
+            allocated,
+            in_use,
+            memory_pages,
+        ] = values;
+        KernelCounters {
+            time_wait_overflow,
+            listen_overflows,
+            listen_drops,
+            abort_on_memory,
+            active_opens,
+            passive_opens,
+            attempt_fails,
+            estab_resets,
+            out_resets,
+            retrans_segs,
+            in_errs,
+            orphans,
+            time_wait_sockstat,
+            allocated,
+            in_use,
+            memory_pages,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelCounters;
+
+    #[test]
+    fn array_round_trip_keeps_field_order() {
+        let values: [u64; 16] = std::array::from_fn(|index| index as u64 + 1);
+        let counters = KernelCounters::from_array(values);
+        assert_eq!(counters.time_wait_overflow, 1);
+        assert_eq!(counters.memory_pages, 16);
+        assert_eq!(counters.to_array(), values);
+        let json = serde_json::to_value(counters).unwrap();
+        for (name, value) in KernelCounters::FIELDS.iter().zip(values) {
+            assert_eq!(json[name], value, "{name}");
+        }
+    }
+}

@@ -367,31 +367,7 @@ fn breakdowns(raw: v1::Breakdowns) -> Result<Breakdowns, Invalid> {
 
 /// Counters are stored as signed 64-bit integers; anything above is not a real counter.
 fn kernel_counters(raw: v1::KernelCounters) -> Result<KernelCounters, Invalid> {
-    let values = [
-        ("time_wait_overflow", raw.time_wait_overflow),
-        ("listen_overflows", raw.listen_overflows),
-        ("listen_drops", raw.listen_drops),
-        ("abort_on_memory", raw.abort_on_memory),
-        ("active_opens", raw.active_opens),
-        ("passive_opens", raw.passive_opens),
-        ("attempt_fails", raw.attempt_fails),
-        ("estab_resets", raw.estab_resets),
-        ("out_resets", raw.out_resets),
-        ("retrans_segs", raw.retrans_segs),
-        ("in_errs", raw.in_errs),
-        ("orphans", raw.orphans),
-        ("time_wait_sockstat", raw.time_wait_sockstat),
-        ("allocated", raw.allocated),
-        ("in_use", raw.in_use),
-        ("memory_pages", raw.memory_pages),
-    ];
-    if let Some((name, value)) = values.iter().find(|(_, value)| *value > MAX_COUNTER) {
-        return Err(invalid(
-            format!("report.kernel.{name}"),
-            format!("{value} exceeds {MAX_COUNTER}"),
-        ));
-    }
-    Ok(KernelCounters {
+    let counters = KernelCounters {
         time_wait_overflow: raw.time_wait_overflow,
         listen_overflows: raw.listen_overflows,
         listen_drops: raw.listen_drops,
@@ -408,7 +384,18 @@ fn kernel_counters(raw: v1::KernelCounters) -> Result<KernelCounters, Invalid> {
         allocated: raw.allocated,
         in_use: raw.in_use,
         memory_pages: raw.memory_pages,
-    })
+    };
+    let too_large = KernelCounters::FIELDS
+        .iter()
+        .zip(counters.to_array())
+        .find(|(_, value)| *value > MAX_COUNTER);
+    if let Some((name, value)) = too_large {
+        return Err(invalid(
+            format!("report.kernel.{name}"),
+            format!("{value} exceeds {MAX_COUNTER}"),
+        ));
+    }
+    Ok(counters)
 }
 
 fn sysctls(raw: Vec<v1::Sysctl>) -> Result<SysctlValues, Invalid> {

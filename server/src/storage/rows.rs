@@ -44,27 +44,11 @@ pub(super) fn count_values(counts: &FamilyCounts) -> impl Iterator<Item = i64> +
         .map(|count| i64::try_from(*count).unwrap_or(i64::MAX))
 }
 
-/// The 16 kernel counters in the column order of `kernel_columns!`.
+/// The 16 kernel counters in the column order of `kernel_columns!` (the fields' order).
 pub(super) fn kernel_values(counters: &KernelCounters) -> [i64; 16] {
-    [
-        counters.time_wait_overflow,
-        counters.listen_overflows,
-        counters.listen_drops,
-        counters.abort_on_memory,
-        counters.active_opens,
-        counters.passive_opens,
-        counters.attempt_fails,
-        counters.estab_resets,
-        counters.out_resets,
-        counters.retrans_segs,
-        counters.in_errs,
-        counters.orphans,
-        counters.time_wait_sockstat,
-        counters.allocated,
-        counters.in_use,
-        counters.memory_pages,
-    ]
-    .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
+    counters
+        .to_array()
+        .map(|value| i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 /// Reads the 16 kernel counter columns starting at `first`; `None` when they are NULL.
@@ -87,40 +71,5 @@ where
             StorageError::Corrupt(format!("negative counter {value} in column {column}"))
         })?;
     }
-    let [
-        time_wait_overflow,
-        listen_overflows,
-        listen_drops,
-        abort_on_memory,
-        active_opens,
-        passive_opens,
-        attempt_fails,
-        estab_resets,
-        out_resets,
-        retrans_segs,
-        in_errs,
-        orphans,
-        time_wait_sockstat,
-        allocated,
-        in_use,
-        memory_pages,
-    ] = values;
-    Ok(Some(KernelCounters {
-        time_wait_overflow,
-        listen_overflows,
-        listen_drops,
-        abort_on_memory,
-        active_opens,
-        passive_opens,
-        attempt_fails,
-        estab_resets,
-        out_resets,
-        retrans_segs,
-        in_errs,
-        orphans,
-        time_wait_sockstat,
-        allocated,
-        in_use,
-        memory_pages,
-    }))
+    Ok(Some(KernelCounters::from_array(values)))
 }
