@@ -204,19 +204,21 @@ async fn read_reports(
             },
         }
     };
-    if let Some(status) = failure {
-        if status.code() == Code::Unavailable {
-            tracing::info!(host_id = %session.hello.host_id, message = status.message(), "ending agent stream");
-        } else {
-            tracing::warn!(
-                host_id = %session.hello.host_id,
-                code = ?status.code(),
-                message = status.message(),
-                "ending agent stream"
-            );
-        }
-        let _ = pending.send(Pending::Fail(status)).await;
+    let Some(status) = failure else {
+        tracing::info!(host_id = %session.hello.host_id, run_id = session.hello.run_id, "agent disconnected");
+        return;
+    };
+    if status.code() == Code::Unavailable {
+        tracing::info!(host_id = %session.hello.host_id, message = status.message(), "ending agent stream");
+    } else {
+        tracing::warn!(
+            host_id = %session.hello.host_id,
+            code = ?status.code(),
+            message = status.message(),
+            "ending agent stream"
+        );
     }
+    let _ = pending.send(Pending::Fail(status)).await;
 }
 
 async fn acknowledge_in_order(
