@@ -8,6 +8,7 @@ use clap::Parser;
 use sockfleet_domain::TopN;
 
 use crate::collect::CollectorChoice;
+use crate::stream::SpoolSettings;
 
 /// Shortest collection period the agent accepts.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -15,6 +16,11 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// Most labels an agent may carry (the server enforces the same limit).
 pub const MAX_LABELS: usize = 64;
+/// Bounds of `--backlog-memory`.
+pub const MIN_BACKLOG_MEMORY: u64 = 1 << 10;
+pub const MAX_BACKLOG_MEMORY: u64 = 1 << 30;
+/// Upper bound of `--spool-max`.
+pub const MAX_SPOOL: u64 = 1 << 40;
 
 /// Counts this host's TCP sockets by state and streams them, with the TCP sysctls, to a sockfleet server.
 ///
@@ -50,10 +56,25 @@ pub struct AgentArgs {
     #[arg(long, env = "SOCKFLEET_NETNS", value_name = "PATH")]
     pub netns: Option<PathBuf>,
 
-    /// Reports kept while the server is unreachable or has not acknowledged them; the oldest are dropped
-    /// beyond this (8640 = 24 h at 10 s).
+    /// Most reports kept while the server is unreachable or has not acknowledged them, in memory and
+    /// spool together; the oldest are dropped beyond this (8640 = 24 h at 10 s).
     #[arg(long, env = "SOCKFLEET_BACKLOG", default_value_t = 8640, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub backlog: u32,
+
+    /// Memory for unacknowledged reports, as encoded (e.g. 4MiB, 512KiB, or plain bytes; 1 KiB to
+    /// 1 GiB). Beyond it the oldest go to --spool-dir, or are dropped without one.
+    #[arg(long, env = "SOCKFLEET_BACKLOG_MEMORY", value_name = "BYTES", default_value = "2MiB", value_parser = parse_backlog_memory)]
+    pub backlog_memory: u64,
+
+    /// Directory where reports that do not fit --backlog-memory wait on disk (e.g.
+    /// /var/lib/sockfleet-agent); one directory per agent. Without it the backlog is in memory only.
+    #[arg(long, env = "SOCKFLEET_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Most disk space the spool may take (64 KiB or more); beyond it the oldest spooled reports are
+    /// dropped.
+    #[arg(long, env = "SOCKFLEET_SPOOL_MAX", value_name = "BYTES", default_value = "64MiB", value_parser = parse_spool_max)]
+    pub spool_max: u64,
 
     /// Entries kept in each breakdown (destinations, CLOSE_WAIT sockets and processes, listeners), 1-1000.
     #[arg(long, env = "SOCKFLEET_TOP_N", default_value_t = TopN::DEFAULT)]
@@ -83,6 +104,56 @@ pub fn parse_interval(raw: &str) -> Result<Duration, String> {
         ));
     }
     Ok(interval)
+}
+
+/// Parses a size in bytes: a number with an optional unit, `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB` (powers
+/// of 1024) or `KB`, `MB`, `GB` (powers of 1000), in any letter case.
+pub fn parse_bytes(raw: &str) -> Result<u64, String> {
+    let trimmed = raw.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size such as 4MiB or 65536"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{raw:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{raw:?} is too large"))
+}
+
+fn parse_bytes_within(raw: &str, min: u64, max: u64) -> Result<u64, String> {
+    let bytes = parse_bytes(raw)?;
+    if !(min..=max).contains(&bytes) {
+        return Err(format!(
+            "{raw} is outside the allowed range {min} to {max} bytes"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_backlog_memory(raw: &str) -> Result<u64, String> {
+    parse_bytes_within(raw, MIN_BACKLOG_MEMORY, MAX_BACKLOG_MEMORY)
+}
+
+fn parse_spool_max(raw: &str) -> Result<u64, String> {
+    parse_bytes_within(raw, SpoolSettings::MIN_MAX_BYTES, MAX_SPOOL)
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -123,6 +194,52 @@ mod tests {
         assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
         assert!(parse_label("novalue").is_err());
         assert!(parse_label("bad key=x").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_bytes("4 mib"), Ok(4 << 20));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("10B"), Ok(10));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("4 parsecs").is_err());
+        assert!(parse_bytes("99999999999999999999").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
+        assert!(parse_backlog_memory("512").is_err());
+        assert!(parse_backlog_memory("2GiB").is_err());
+        assert!(parse_spool_max("1KiB").is_err());
+    }
+
+    #[test]
+    fn backlog_defaults() {
+        let args = AgentArgs::try_parse_from(["sockfleet-agent"]).unwrap();
+        assert_eq!(
+            args.backlog_memory,
+            crate::stream::BacklogLimits::DEFAULT_MEMORY_BYTES as u64
+        );
+        assert_eq!(args.spool_max, SpoolSettings::DEFAULT_MAX_BYTES);
+        assert_eq!(args.spool_dir, None);
+        let args = AgentArgs::try_parse_from([
+            "sockfleet-agent",
+            "--backlog-memory",
+            "256KiB",
+            "--spool-dir",
+            "/var/lib/sockfleet-agent",
+            "--spool-max",
+            "1GiB",
+        ])
+        .unwrap();
+        assert_eq!(args.backlog_memory, 256 << 10);
+        assert_eq!(
+            args.spool_dir,
+            Some(PathBuf::from("/var/lib/sockfleet-agent"))
+        );
+        assert_eq!(args.spool_max, 1 << 30);
     }
 
     #[test]

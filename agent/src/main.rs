@@ -7,6 +7,7 @@ use clap::Parser;
 use sockfleet_agent::config::{AgentArgs, MAX_LABELS};
 use sockfleet_agent::identity::HostIdentity;
 use sockfleet_agent::run::{AgentSettings, run_agent, snapshot_once};
+use sockfleet_agent::stream::SpoolSettings;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -66,6 +67,11 @@ fn settings_from(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
         collector: args.collector,
         netns: args.netns.clone(),
         backlog: args.backlog as usize,
+        backlog_memory: usize::try_from(args.backlog_memory).unwrap_or(usize::MAX),
+        spool: args.spool_dir.clone().map(|dir| SpoolSettings {
+            dir,
+            max_bytes: args.spool_max,
+        }),
         top_n: args.top_n,
     })
 }

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collect::{CollectorChoice, CollectorThread};
 use crate::identity::HostIdentity;
-use crate::stream::{ReportQueue, StreamTarget, maintain_stream};
+use crate::stream::{
+    Backlog, BacklogLimits, ReportQueue, Spool, SpoolSettings, StreamTarget, maintain_stream,
+};
 
 /// Everything the agent needs to run, validated: built from flags by `sockfleet-agent` and from the
 /// server's own settings by `sockfleet-server --local-agent`.
@@ -26,7 +28,13 @@ pub struct AgentSettings {
     pub interval: Duration,
     pub collector: CollectorChoice,
     pub netns: Option<PathBuf>,
+    /// Most unacknowledged reports kept, in memory and spool together.
     pub backlog: usize,
+    /// Most bytes of unacknowledged reports kept in memory (as encoded); beyond it the oldest go to the
+    /// spool, or are dropped without one.
+    pub backlog_memory: usize,
+    /// Where reports that do not fit in memory wait on disk; `None` keeps the backlog in memory only.
+    pub spool: Option<SpoolSettings>,
     /// Entries kept in each breakdown list.
     pub top_n: TopN,
 }
@@ -40,6 +48,8 @@ pub struct RunSummary {
     pub unacknowledged: u64,
     /// Reports dropped because the backlog was full or the server refused them.
     pub dropped: u64,
+    /// Of the unacknowledged reports, those left in the spool (the next run discards them).
+    pub spooled: u64,
 }
 
 /// Takes one snapshot of the host.
@@ -66,18 +76,22 @@ pub async fn run_agent(
     server: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunSummary> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let backlog = open_backlog(&settings, &run_id)?;
     let collector = start_collector(&settings)?;
-    let queue = Arc::new(ReportQueue::new(settings.backlog));
+    let queue = Arc::new(ReportQueue::new(backlog));
     let (interval_tx, interval_rx) = watch::channel(settings.interval);
     let target = StreamTarget {
         server: server.clone(),
-        hello: hello_message(&settings, collector.kind().name()),
+        hello: hello_message(&settings, collector.kind().name(), run_id),
     };
     tracing::info!(
         server,
         host_id = %settings.identity.host_id,
         collector = collector.kind().name(),
         interval = ?settings.interval,
+        backlog_memory = settings.backlog_memory,
+        spool = settings.spool.as_ref().map(|spool| spool.dir.display().to_string()),
         "agent started"
     );
 
@@ -96,14 +110,34 @@ pub async fn run_agent(
         collected: counters.collected,
         unacknowledged: counters.pending,
         dropped: counters.dropped,
+        spooled: counters.spooled,
     };
     tracing::info!(
         collected = summary.collected,
         unacknowledged = summary.unacknowledged,
         dropped = summary.dropped,
+        spooled = summary.spooled,
         "agent stopped"
     );
     Ok(summary)
+}
+
+/// The backlog the settings ask for; with a spool directory, opening it (which discards what earlier
+/// runs left there) must succeed.
+fn open_backlog(settings: &AgentSettings, run_id: &str) -> anyhow::Result<Backlog> {
+    let limits = BacklogLimits {
+        max_reports: settings.backlog,
+        memory_bytes: settings.backlog_memory,
+    };
+    Ok(match &settings.spool {
+        Some(spool) => {
+            let spool = Spool::open(spool, run_id).with_context(|| {
+                format!("cannot use the spool directory {}", spool.dir.display())
+            })?;
+            Backlog::with_spool(limits, spool)
+        }
+        None => Backlog::new(limits),
+    })
 }
 
 fn start_collector(settings: &AgentSettings) -> anyhow::Result<CollectorThread> {
@@ -130,7 +164,14 @@ async fn collect_loop(
             () = shutdown.cancelled() => return,
         }
         let collected_at = Utc::now();
-        match collector.collect().await {
+        let result = collector.collect().await;
+        if shutdown.is_cancelled() {
+            // The stream may already have flushed what was pending and be done: a report queued now
+            // would only be counted as unacknowledged.
+            tracing::debug!("stopping; discarding the collection in progress");
+            return;
+        }
+        match result {
             Ok(collection) => {
                 let sequence = queue.enqueue(collected_at, collection);
                 tracing::debug!(sequence, "collected");
@@ -140,7 +181,7 @@ async fn collect_loop(
     }
 }
 
-fn hello_message(settings: &AgentSettings, collector: &str) -> v1::Hello {
+fn hello_message(settings: &AgentSettings, collector: &str, run_id: String) -> v1::Hello {
     v1::Hello {
         protocol_version: v1::PROTOCOL_VERSION,
         host_id: settings.identity.host_id.to_string(),
@@ -148,7 +189,7 @@ fn hello_message(settings: &AgentSettings, collector: &str) -> v1::Hello {
         kernel_release: settings.identity.kernel_release.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         labels: settings.labels.clone().into_iter().collect(),
-        run_id: uuid::Uuid::new_v4().simple().to_string(),
+        run_id,
         collector: collector.to_owned(),
         interval_ms: u32::try_from(settings.interval.as_millis()).unwrap_or(u32::MAX),
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sockfleet_agent::collect::CollectorChoice;
 use sockfleet_agent::identity::HostIdentity;
 use sockfleet_agent::run::{AgentSettings, run_agent};
+use sockfleet_agent::stream::BacklogLimits;
 use sockfleet_domain::TopN;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,9 @@ pub fn spawn(
             collector: CollectorChoice::Auto,
             netns: None,
             backlog: BACKLOG,
+            // In the server's own process: memory only, with the agent's default bound.
+            backlog_memory: BacklogLimits::DEFAULT_MEMORY_BYTES,
+            spool: None,
             top_n: TopN::DEFAULT,
         };
         if let Err(error) = run_agent(settings, server_url(listen), shutdown).await {

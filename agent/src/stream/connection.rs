@@ -1,5 +1,6 @@
 //! The gRPC stream to the server, kept open across failures.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -12,14 +13,21 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use super::backlog::Outgoing;
 use super::queue::ReportQueue;
 use super::wire::report_message;
 use crate::config::{MAX_INTERVAL, MIN_INTERVAL};
 
 /// How long the agent keeps trying to deliver pending reports after it was asked to stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
-/// Messages buffered between the stream task and the transport.
-const OUTBOUND_BUFFER: usize = 32;
+/// Messages buffered between the stream task and the transport: one, as a decoded report with large
+/// breakdowns takes several times its encoded size; the send window bounds what the transport holds.
+const OUTBOUND_BUFFER: usize = 1;
+/// Most bytes of reports (as encoded) sent and not yet acknowledged: keeps the memory a catch-up after
+/// an outage takes bounded, whatever the size of the backlog. At least one report is always in flight.
+const SEND_WINDOW_BYTES: usize = 256 * 1024;
+/// Most reports sent and not yet acknowledged (the server accepts more per stream).
+const SEND_WINDOW_REPORTS: usize = 128;
 /// A connection that lived this long resets the reconnect backoff.
 const HEALTHY_CONNECTION: Duration = Duration::from_secs(30);
 
@@ -117,7 +125,15 @@ pub async fn maintain_stream(
                     backoff = ReconnectDelay::new();
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in = ?delay, pending = queue.counters().pending, "stream to server lost");
+                let counters = queue.counters();
+                tracing::warn!(
+                    %error,
+                    retry_in = ?delay,
+                    pending = counters.pending,
+                    spooled = counters.spooled,
+                    dropped = counters.dropped,
+                    "stream to server lost"
+                );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return,
@@ -163,26 +179,34 @@ async fn stream_once(
     );
 
     let mut sent_up_to = welcome.committed_sequence;
+    let mut in_flight = InFlight::default();
+    let mut next: Option<Outgoing> = None;
     let mut flush_deadline: Option<Instant> = None;
     loop {
-        let next = queue.next_after(sent_up_to);
         if flush_deadline.is_some() && queue.counters().pending == 0 {
             return Ok(());
+        }
+        let may_send = in_flight.has_room();
+        if next.is_none() && may_send {
+            next = queue.next_after(sent_up_to);
         }
         let deadline = flush_deadline.unwrap_or_else(|| Instant::now() + MAX_INTERVAL);
         tokio::select! {
             message = inbound.message() => {
                 let body = message?.ok_or(StreamError::Closed)?.body;
-                apply_server_message(body, queue, interval);
+                if let Some(acknowledged) = apply_server_message(body, queue, interval) {
+                    in_flight.acknowledge(acknowledged);
+                }
             }
             permit = outbound.reserve(), if next.is_some() => {
                 let permit = permit.map_err(|_| StreamError::Closed)?;
-                if let Some((report, dropped)) = next {
-                    sent_up_to = report.sequence;
-                    permit.send(report_message(&report, dropped));
+                if let Some(outgoing) = next.take() {
+                    sent_up_to = outgoing.sequence;
+                    in_flight.sent(outgoing.sequence, outgoing.encoded_len);
+                    permit.send(report_message(outgoing.report));
                 }
             }
-            () = queue.wait_pushed(), if next.is_none() => {}
+            () = queue.wait_pushed(), if next.is_none() && may_send => {}
             () = shutdown.cancelled(), if flush_deadline.is_none() => {
                 flush_deadline = Some(Instant::now() + FLUSH_TIMEOUT);
             }
@@ -190,6 +214,35 @@ async fn stream_once(
                 tracing::warn!(pending = queue.counters().pending, "stopping with unacknowledged reports");
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Reports sent on this stream and not acknowledged yet: the send window.
+#[derive(Debug, Default)]
+struct InFlight {
+    reports: VecDeque<(u64, usize)>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn has_room(&self) -> bool {
+        self.reports.is_empty()
+            || (self.bytes < SEND_WINDOW_BYTES && self.reports.len() < SEND_WINDOW_REPORTS)
+    }
+
+    fn sent(&mut self, sequence: u64, bytes: usize) {
+        self.reports.push_back((sequence, bytes));
+        self.bytes += bytes;
+    }
+
+    fn acknowledge(&mut self, sequence: u64) {
+        while let Some(&(sent, bytes)) = self.reports.front() {
+            if sent > sequence {
+                break;
+            }
+            self.reports.pop_front();
+            self.bytes -= bytes;
         }
     }
 }
@@ -207,13 +260,17 @@ async fn connect(server: &str) -> Result<Channel, StreamError> {
     endpoint.connect().await.map_err(StreamError::Connect)
 }
 
+/// Applies a message from the server; returns the sequence it acknowledged, if it was an ack.
 fn apply_server_message(
     body: Option<v1::server_message::Body>,
     queue: &ReportQueue,
     interval: &watch::Sender<Duration>,
-) {
+) -> Option<u64> {
     match body {
-        Some(v1::server_message::Body::Ack(ack)) => queue.acknowledge(ack.sequence),
+        Some(v1::server_message::Body::Ack(ack)) => {
+            queue.acknowledge(ack.sequence);
+            return Some(ack.sequence);
+        }
         Some(v1::server_message::Body::Settings(settings)) if settings.interval_ms > 0 => {
             let requested = Duration::from_millis(u64::from(settings.interval_ms));
             if (MIN_INTERVAL..=MAX_INTERVAL).contains(&requested) {
@@ -229,6 +286,7 @@ fn apply_server_message(
         }
         None => tracing::debug!("ignoring an empty or unknown message from the server"),
     }
+    None
 }
 
 /// The sequence of the report the server refused as invalid, if that is why the stream ended.
@@ -248,6 +306,24 @@ fn refused_sequence(status: &tonic::Status) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn send_window_is_bounded_in_bytes_and_count() {
+        let mut window = InFlight::default();
+        assert!(window.has_room());
+        window.sent(1, SEND_WINDOW_BYTES * 2);
+        assert!(!window.has_room(), "one large report fills it");
+        window.acknowledge(1);
+        assert!(window.has_room());
+        for sequence in 2..2 + SEND_WINDOW_REPORTS as u64 {
+            window.sent(sequence, 10);
+        }
+        assert!(!window.has_room());
+        window.acknowledge(2);
+        assert!(window.has_room());
+        window.acknowledge(u64::MAX);
+        assert_eq!((window.reports.len(), window.bytes), (0, 0));
+    }
 
     #[test]
     fn reconnect_delays_grow_and_spread() {

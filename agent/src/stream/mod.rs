@@ -5,9 +5,11 @@ mod backlog;
 mod connection;
 mod queue;
 mod report;
+pub mod spool;
 mod wire;
 
-pub use backlog::Backlog;
+pub use backlog::{Backlog, BacklogLimits, Outgoing};
 pub use connection::{StreamTarget, maintain_stream};
-pub use queue::ReportQueue;
+pub use queue::{QueueCounters, ReportQueue};
 pub use report::ReportBuilder;
+pub use spool::{Spool, SpoolSettings};

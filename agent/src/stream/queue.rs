@@ -5,10 +5,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, Outgoing};
 use super::report::ReportBuilder;
 use crate::collect::Collection;
-use sockfleet_domain::Report;
 
 /// Where the collection loop puts reports and the stream takes them from.
 ///
@@ -28,12 +27,12 @@ struct QueueState {
 }
 
 impl ReportQueue {
-    /// An empty queue keeping at most `capacity` unacknowledged reports.
-    pub fn new(capacity: usize) -> ReportQueue {
+    /// An empty queue keeping unacknowledged reports in `backlog`.
+    pub fn new(backlog: Backlog) -> ReportQueue {
         ReportQueue {
             state: Mutex::new(QueueState {
                 builder: ReportBuilder::default(),
-                backlog: Backlog::new(capacity),
+                backlog,
             }),
             pushed: Notify::new(),
             acknowledged: Notify::new(),
@@ -51,9 +50,9 @@ impl ReportQueue {
         let sequence = {
             let mut state = self.lock();
             let report = state.builder.build(collected_at, collection);
-            let sequence = report.sequence;
-            state.backlog.push(report);
-            sequence
+            state.backlog.push(&report);
+            state.request_full_sysctls_if_needed();
+            report.sequence
         };
         self.pushed.notify_one();
         sequence
@@ -67,17 +66,19 @@ impl ReportQueue {
 
     /// Drops the oldest pending report, which the server refused; returns its sequence.
     pub fn drop_refused(&self) -> Option<u64> {
-        let dropped = self.lock().backlog.drop_oldest();
+        let dropped = {
+            let mut state = self.lock();
+            let dropped = state.backlog.drop_oldest();
+            state.request_full_sysctls_if_needed();
+            dropped
+        };
         self.acknowledged.notify_waiters();
         dropped
     }
 
     /// Sequence of the oldest report not yet acknowledged.
     pub fn oldest_pending(&self) -> Option<u64> {
-        self.lock()
-            .backlog
-            .next_after(0)
-            .map(|report| report.sequence)
+        self.lock().backlog.oldest_pending()
     }
 
     /// Makes the next report carry every sysctl (after a reconnect).
@@ -85,11 +86,13 @@ impl ReportQueue {
         self.lock().builder.send_full_sysctls();
     }
 
-    /// The next report to send after `sequence`, with the run's drop count so far.
-    pub fn next_after(&self, sequence: u64) -> Option<(Report, u64)> {
-        let state = self.lock();
-        let report = state.backlog.next_after(sequence)?.clone();
-        Some((report, state.backlog.dropped()))
+    /// The next report to send on a stream that has sent everything up to `sequence`, with the run's
+    /// drop count so far. It may be read from the spool.
+    pub fn next_after(&self, sequence: u64) -> Option<Outgoing> {
+        let mut state = self.lock();
+        let next = state.backlog.next_after(sequence);
+        state.request_full_sysctls_if_needed();
+        next
     }
 
     /// Waits until a report is enqueued (returns at once if one was enqueued since the last wait).
@@ -113,16 +116,34 @@ impl ReportQueue {
         let state = self.lock();
         QueueCounters {
             collected: state.builder.last_sequence(),
-            pending: state.backlog.len() as u64,
+            pending: state.backlog.len(),
             dropped: state.backlog.dropped(),
+            spooled: state.backlog.spooled(),
+            spool_bytes: state.backlog.spool_bytes(),
+            memory_bytes: state.backlog.memory_bytes() as u64,
         }
     }
 }
 
-/// How many reports a run has built, still holds and has dropped.
+impl QueueState {
+    /// Passes the backlog's request for a full sysctl set (after a drop it could not carry over) on to
+    /// the builder.
+    fn request_full_sysctls_if_needed(&mut self) {
+        if self.backlog.take_full_sysctls_request() {
+            self.builder.send_full_sysctls();
+        }
+    }
+}
+
+/// How many reports a run has built, still holds and has dropped, and where it holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounters {
     pub collected: u64,
+    /// Unacknowledged, in memory and spool.
     pub pending: u64,
     pub dropped: u64,
+    /// Of the pending reports, those in the spool.
+    pub spooled: u64,
+    pub spool_bytes: u64,
+    pub memory_bytes: u64,
 }

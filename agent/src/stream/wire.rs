@@ -8,26 +8,32 @@ use sockfleet_proto::v1;
 
 use sockfleet_domain::Report;
 
-/// The protobuf form of a pending report.
-pub fn report_message(report: &Report, dropped_reports: u64) -> v1::AgentMessage {
+/// The protobuf form of a report, with `dropped_reports` left at 0 (it is filled in when the report is
+/// sent).
+pub fn report_proto(report: &Report) -> v1::Report {
+    v1::Report {
+        sequence: report.sequence,
+        collected_at: Some(timestamp(report.collected_at)),
+        ipv4: Some(state_counts(&report.states.ipv4)),
+        ipv6: Some(state_counts(&report.states.ipv6)),
+        sysctls: report
+            .sysctls
+            .iter()
+            .map(|(name, value)| v1::Sysctl {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        dropped_reports: 0,
+        kernel: report.kernel.as_ref().map(kernel_counters),
+        breakdowns: report.breakdowns.as_ref().map(breakdowns),
+    }
+}
+
+/// The message that carries a report on the stream.
+pub fn report_message(report: v1::Report) -> v1::AgentMessage {
     v1::AgentMessage {
-        body: Some(v1::agent_message::Body::Report(v1::Report {
-            sequence: report.sequence,
-            collected_at: Some(timestamp(report.collected_at)),
-            ipv4: Some(state_counts(&report.states.ipv4)),
-            ipv6: Some(state_counts(&report.states.ipv6)),
-            sysctls: report
-                .sysctls
-                .iter()
-                .map(|(name, value)| v1::Sysctl {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            dropped_reports,
-            kernel: report.kernel.as_ref().map(kernel_counters),
-            breakdowns: report.breakdowns.as_ref().map(breakdowns),
-        })),
+        body: Some(v1::agent_message::Body::Report(report)),
     }
 }
 
