@@ -97,6 +97,42 @@ fn breakdowns_match_the_sockets_made() {
 }
 
 #[test]
+fn breakdowns_are_the_same_with_the_per_family_dumps() {
+    IsolatedNamespace::new().run(|| {
+        let scene = make_scene();
+        wait_until_settled(&expected_counts());
+        let sysctls = read_sysctls().unwrap();
+        let now = Utc::now();
+        let mut single = NetlinkCounter::open().unwrap();
+        let mut per_family = NetlinkCounter::open_per_family().unwrap();
+        assert!(!per_family.dumps_both_families_at_once());
+        let with_one = BreakdownCollector::default()
+            .collect(&mut single, &sysctls, now)
+            .unwrap();
+        let with_two = BreakdownCollector::default()
+            .collect(&mut per_family, &sysctls, now)
+            .unwrap();
+        assert_eq!(show(&with_one.states), show(&expected_counts()));
+        assert_eq!(show(&with_two.states), show(&with_one.states));
+        let mut breakdowns = [with_one.breakdowns, with_two.breakdowns];
+        for breakdowns in &mut breakdowns {
+            // Descriptors come and go with the other tests of this process.
+            for process in &mut breakdowns.close_wait_processes {
+                process.open_fds = None;
+            }
+        }
+        assert_eq!(breakdowns[0], breakdowns[1]);
+        assert_eq!(
+            breakdowns[0].destinations,
+            expected_destinations(&scene),
+            "{:#?}",
+            breakdowns[0]
+        );
+        drop(scene);
+    });
+}
+
+#[test]
 fn attribution_without_permission_says_so() {
     IsolatedNamespace::new().run(check_unprivileged_attribution);
 }

@@ -12,7 +12,7 @@ mod limits;
 mod measure;
 mod node_exporter;
 mod population;
-mod raw;
+mod prototype;
 mod report;
 mod size;
 mod stream;

@@ -74,7 +74,8 @@ fn collection_table(out: &mut String, sizes: &[SizeResult]) {
          time: of the calling thread for the in-process counter (`CLOCK_THREAD_CPUTIME_ID`), of the \
          process and every descendant it waited for otherwise (`wait4`; a shell pipeline is charged \
          in full), and of the node_exporter process per scrape (its threads' scheduler runtime) for \
-         node_exporter. The kernel share is the system part of that CPU over all runs (sampled by \
+         node_exporter. The `BreakdownCollector` row is more than a count: it is an agent's whole \
+         collection but for the sysctls and the report. The kernel share is the system part of that CPU over all runs (sampled by \
          clock tick, so approximate). \"× sockfleet\" is the method's median wall time over the \
          in-process counter's.\n"
     );
@@ -85,12 +86,13 @@ fn collection_table(out: &mut String, sizes: &[SizeResult]) {
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
     for size in sizes {
         let base = size.netlink.median_wall();
+        let counter = if size.single_dump {
+            "sockfleet `NetlinkCounter::count()` (in-process; one `TCPDIAG_GETSOCK` dump)"
+        } else {
+            "sockfleet `NetlinkCounter::count()` (in-process; this kernel refuses the single dump)"
+        };
         let mut rows: Vec<(&str, &Series, bool)> = vec![
-            (
-                "sockfleet `NetlinkCounter::count()` (in-process)",
-                &size.netlink,
-                false,
-            ),
+            (counter, &size.netlink, false),
             (
                 "`sockfleet-agent --once` (whole process)",
                 &size.agent_once,
@@ -103,8 +105,13 @@ fn collection_table(out: &mut String, sizes: &[SizeResult]) {
             rows.push(("node_exporter tcpstat (`GET /metrics`)", node, true));
         }
         rows.push((
-            "*prototype:* one dump for both families (`TCPDIAG_GETSOCK`)",
-            &size.one_dump,
+            "sockfleet with one `SOCK_DIAG_BY_FAMILY` dump per family (its fallback)",
+            &size.per_family,
+            false,
+        ));
+        rows.push((
+            "sockfleet `BreakdownCollector::collect()` (in-process: counts, breakdowns, CLOSE_WAIT owners)",
+            &size.breakdown,
             false,
         ));
         rows.push((
@@ -252,7 +259,7 @@ fn where_time_goes(out: &mut String, sizes: &[SizeResult]) {
     let time_wait = size.reference.combined().get(TcpState::TimeWait);
     let counter = size.netlink.median_cpu();
     let kernel = size.netlink.system_share().unwrap_or(1.0);
-    let one_dump = size.one_dump.median_cpu();
+    let per_family = size.per_family.median_cpu();
     let no_time_wait = size.sockstat_tw.median_cpu();
     let _ = writeln!(
         out,
@@ -267,20 +274,29 @@ fn where_time_goes(out: &mut String, sizes: &[SizeResult]) {
         kernel * 100.0,
         ms(counter)
     );
-    let _ = writeln!(
-        out,
-        "- The kernel's established hash holds both families, and each per-family \
-         `SOCK_DIAG_BY_FAMILY` dump walks all of it: the agent's two dumps walk it twice. One \
-         `TCPDIAG_GETSOCK` dump for both families (prototype) costs {}, saving {}.",
-        ms(one_dump),
-        ms(counter.saturating_sub(one_dump))
-    );
+    if size.single_dump {
+        let _ = writeln!(
+            out,
+            "- The kernel's established hash holds both families, and each per-family \
+             `SOCK_DIAG_BY_FAMILY` dump walks all of it: two per-family dumps (`ss`'s way, and the \
+             counter's fallback for kernels that refuse the legacy request) cost {}. The counter's one \
+             `TCPDIAG_GETSOCK` dump for both families walks it once and saves {}.",
+            ms(per_family),
+            ms(per_family.saturating_sub(counter))
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "- This kernel refused the single `TCPDIAG_GETSOCK` dump, so the counter sends one \
+             `SOCK_DIAG_BY_FAMILY` dump per family, and each walks the whole established hash."
+        );
+    }
     let _ = writeln!(
         out,
         "- Building and copying the messages of the {} TIME_WAIT sockets costs {} (one dump with \
          them minus one dump without them, whose total comes from `/proc/net/sockstat` instead).",
         group(time_wait),
-        ms(one_dump.saturating_sub(no_time_wait))
+        ms(counter.saturating_sub(no_time_wait))
     );
     let _ = writeln!(
         out,
@@ -310,11 +326,21 @@ fn where_time_goes(out: &mut String, sizes: &[SizeResult]) {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "- A whole breakdown collection, as the agent makes every interval (a LISTEN dump, one \
+         dump of every other state with per-destination tallies, and the owners of the {} CLOSE_WAIT \
+         sockets, checked at the descriptors that held them last time), costs {} of CPU, {:.0} % \
+         of it in the kernel.",
+        group(size.reference.combined().get(TcpState::CloseWait)),
+        ms(size.breakdown.median_cpu()),
+        size.breakdown.system_share().unwrap_or(1.0) * 100.0
+    );
     let fastest = size.sockstat_tw.median_wall();
     let _ = writeln!(
         out,
-        "- With both prototypes the count takes {}: {:.1}× faster than `ss -tan | awk` and {:.1}× \
-         faster than the netstat one-liner.\n",
+        "- With the sockstat prototype the count takes {}: {:.1}× faster than `ss -tan | awk` and \
+         {:.1}× faster than the netstat one-liner.\n",
         ms(fastest),
         ratio(size.ss.median_wall(), fastest),
         ratio(size.netstat.median_wall(), fastest)

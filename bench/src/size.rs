@@ -6,8 +6,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sockfleet_agent::collect::NetlinkCounter;
-use sockfleet_domain::{FamilyCounts, StateCounts, TcpState};
+use chrono::Utc;
+use sockfleet_agent::collect::{BreakdownCollector, NetlinkCounter, read_sysctls};
+use sockfleet_domain::{FamilyCounts, StateCounts, SysctlValues, TcpState};
 use sockfleet_testkit::IsolatedNamespace;
 
 use crate::counts::{
@@ -17,7 +18,7 @@ use crate::limits::{read_sysctl, write_sysctl};
 use crate::measure::{Sample, Series, process_runtime, run_timed, time_in_thread};
 use crate::node_exporter::NodeExporter;
 use crate::population::{self, Mix};
-use crate::raw::{ALL_STATES, RawDiag, count_without_time_wait_dump};
+use crate::prototype::count_without_time_wait_dump;
 
 /// The `ss` pipeline timed: `ss -tan` formatted, piped and counted by state.
 pub const SS_PIPELINE: &str = "ss -tan | awk 'NR>1{++S[$1]}END{for(k in S) print k,S[k]}'";
@@ -53,8 +54,12 @@ pub struct SizeResult {
     /// `ss -tan -4` / `-6` counts right after building (the reference).
     pub reference: FamilyCounts,
     pub netlink: Series,
-    /// Prototype: one `TCPDIAG_GETSOCK` dump for both families (see `raw`).
-    pub one_dump: Series,
+    /// Whether the counter dumps both families at once (`TCPDIAG_GETSOCK`) on this kernel.
+    pub single_dump: bool,
+    /// The counter with one `SOCK_DIAG_BY_FAMILY` dump per family (its fallback).
+    pub per_family: Series,
+    /// A whole breakdown collection in-process: what the agent does every interval.
+    pub breakdown: Series,
     /// Prototype: every state but TIME_WAIT dumped, TIME_WAIT from `/proc/net/sockstat`.
     pub sockstat_tw: Series,
     pub agent_once: Series,
@@ -114,6 +119,7 @@ fn measure_in_namespace(config: &SizeConfig, mix: Mix) -> anyhow::Result<SizeRes
     let deadline = population.started + TIME_WAIT_LIFETIME - EXPIRY_MARGIN;
 
     let mut counter = NetlinkCounter::open().context("cannot open the netlink counter")?;
+    result.single_dump = counter.dumps_both_families_at_once();
     result.notes.extend(settle(&mut counter, &mix)?);
     result.reference = checked_reference(&mut counter, config, &mut result.mismatches)?;
 
@@ -125,7 +131,10 @@ fn measure_in_namespace(config: &SizeConfig, mix: Mix) -> anyhow::Result<SizeRes
     let mut methods = Methods {
         config,
         counter: &mut counter,
-        raw: RawDiag::open()?,
+        per_family: NetlinkCounter::open_per_family()
+            .context("cannot open the per-family netlink counter")?,
+        breakdowns: BreakdownCollector::default(),
+        sysctls: read_sysctls().context("cannot read the namespace's sysctls")?,
         exporter: exporter.as_ref(),
     };
     // One unrecorded round warms caches (and node_exporter) for every method alike.
@@ -147,7 +156,8 @@ fn measure_in_namespace(config: &SizeConfig, mix: Mix) -> anyhow::Result<SizeRes
         round.compare(&mut result.mismatches, &mut result.prototype_mismatches);
         longest_round = longest_round.max(round.elapsed);
         result.netlink.push(round.netlink);
-        result.one_dump.push(round.one_dump);
+        result.per_family.push(round.per_family);
+        result.breakdown.push(round.breakdown);
         result.sockstat_tw.push(round.sockstat_tw);
         result.agent_once.push(round.agent);
         result.ss.push(round.ss);
@@ -346,7 +356,10 @@ fn start_node_exporter(config: &SizeConfig, result: &mut SizeResult) -> Option<N
 struct Methods<'a> {
     config: &'a SizeConfig,
     counter: &'a mut NetlinkCounter,
-    raw: RawDiag,
+    per_family: NetlinkCounter,
+    /// Kept from round to round, as the agent keeps it from collection to collection.
+    breakdowns: BreakdownCollector,
+    sysctls: SysctlValues,
     exporter: Option<&'a NodeExporter>,
 }
 
@@ -355,8 +368,10 @@ struct Round {
     elapsed: Duration,
     netlink: Sample,
     netlink_counts: FamilyCounts,
-    one_dump: Sample,
-    one_dump_counts: FamilyCounts,
+    per_family: Sample,
+    per_family_counts: FamilyCounts,
+    breakdown: Sample,
+    breakdown_counts: FamilyCounts,
     sockstat_tw: Sample,
     sockstat_tw_counts: FamilyCounts,
     agent: Sample,
@@ -377,12 +392,18 @@ impl Methods<'_> {
         let (netlink, counted) = time_in_thread(|| self.counter.count());
         let netlink_counts = counted.context("netlink count failed")?;
 
-        let raw = &mut self.raw;
-        let (one_dump, dumped) = time_in_thread(|| raw.dump(ALL_STATES));
-        let one_dump_counts = dumped
-            .context("prototype: one dump for both families")?
-            .counts;
-        let (sockstat_tw, counted) = time_in_thread(|| count_without_time_wait_dump(raw));
+        let per_family = &mut self.per_family;
+        let (per_family, counted) = time_in_thread(|| per_family.count());
+        let per_family_counts = counted.context("per-family netlink count failed")?;
+
+        let (breakdowns, sysctls) = (&mut self.breakdowns, &self.sysctls);
+        let counter = &mut *self.counter;
+        let (breakdown, collected) =
+            time_in_thread(|| breakdowns.collect(counter, sysctls, Utc::now()));
+        let breakdown_counts = collected.context("breakdown collection failed")?.states;
+
+        let counter = &mut *self.counter;
+        let (sockstat_tw, counted) = time_in_thread(|| count_without_time_wait_dump(counter));
         let sockstat_tw_counts = counted.context("prototype: TIME_WAIT from sockstat")?;
 
         let (agent, agent_out) = run_timed(
@@ -431,8 +452,10 @@ impl Methods<'_> {
             elapsed: started.elapsed(),
             netlink,
             netlink_counts,
-            one_dump,
-            one_dump_counts,
+            per_family,
+            per_family_counts,
+            breakdown,
+            breakdown_counts,
             sockstat_tw,
             sockstat_tw_counts,
             agent,
@@ -449,12 +472,21 @@ impl Methods<'_> {
 impl Round {
     /// sockfleet (in-process and the agent process) against `ss -tan | awk` of the same round.
     fn compare(&self, mismatches: &mut Vec<String>, prototype_mismatches: &mut Vec<String>) {
-        if self.one_dump_counts != self.netlink_counts {
-            prototype_mismatches.push(format!(
-                "one dump for both families differs from the per-family dumps by ({})",
+        if self.per_family_counts != self.netlink_counts {
+            mismatches.push(format!(
+                "the per-family dumps differ from the single dump by ({}) [per-family minus single]",
                 difference(
                     &self.netlink_counts.combined(),
-                    &self.one_dump_counts.combined()
+                    &self.per_family_counts.combined()
+                )
+            ));
+        }
+        if self.breakdown_counts != self.netlink_counts {
+            mismatches.push(format!(
+                "the breakdown collection's counts differ from count()'s by ({}) [breakdown minus count]",
+                difference(
+                    &self.netlink_counts.combined(),
+                    &self.breakdown_counts.combined()
                 )
             ));
         }

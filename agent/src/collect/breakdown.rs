@@ -9,9 +9,14 @@
 //!    and not a listening port, so the socket made an outgoing connection) counts for its destination,
 //!    and each CLOSE_WAIT socket is noted.
 //!
-//! Then, only if there are CLOSE_WAIT sockets, their inodes are looked up in `/proc/PID/fd`
-//! ([`ProcessScanner`]). The tables of the walks live in the [`BreakdownCollector`] and are cleared,
-//! not freed, between collections, so a steady-state walk allocates nothing per socket.
+//! Each walk is one dump for both families where the kernel offers it (see [`NetlinkCounter::open`]),
+//! so a collection walks the table of connections once, as a plain count does.
+//!
+//! Then, only if there are CLOSE_WAIT sockets, their owners are looked up in `/proc/PID/fd`
+//! ([`ProcessScanner`]): the descriptors that held them at the last collection are checked first,
+//! and the process tables are read only for sockets still unaccounted for. The tables of the walks
+//! live in the [`BreakdownCollector`] and are cleared, not freed, between collections, so a
+//! steady-state walk allocates nothing per socket.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::HashMap;

@@ -45,18 +45,14 @@ pub enum SocketCounter {
 impl SocketCounter {
     /// Opens the reader the operator chose; with [`CollectorChoice::Auto`] falls back to procfs (and says
     /// so in the log) when netlink cannot be opened or does not answer.
+    ///
+    /// [`NetlinkCounter::open`] is the probe: it asks for the listening sockets alone, which the
+    /// kernel answers without walking the connections, so opening does not cost a full count.
     pub fn open(choice: CollectorChoice) -> Result<SocketCounter, CollectError> {
         match choice {
             CollectorChoice::Procfs => Ok(SocketCounter::Procfs),
-            CollectorChoice::Netlink => {
-                let mut counter = NetlinkCounter::open()?;
-                counter.count()?;
-                Ok(SocketCounter::Netlink(counter))
-            }
-            CollectorChoice::Auto => match NetlinkCounter::open().and_then(|mut counter| {
-                counter.count()?;
-                Ok(counter)
-            }) {
+            CollectorChoice::Netlink => Ok(SocketCounter::Netlink(NetlinkCounter::open()?)),
+            CollectorChoice::Auto => match NetlinkCounter::open() {
                 Ok(counter) => Ok(SocketCounter::Netlink(counter)),
                 Err(error) => {
                     tracing::warn!(%error, "netlink sock_diag is unavailable; falling back to /proc/net/tcp");

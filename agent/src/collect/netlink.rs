@@ -1,10 +1,20 @@
 //! Reading TCP sockets through netlink `sock_diag`, the way `ss` reads them.
 //!
 //! One `NETLINK_SOCK_DIAG` socket and one receive buffer are kept for the life of the collector. A
-//! walk sends one dump request per family, with the kernel-side state filter, and visits the replies
-//! in place: each socket is handed to a [`SocketVisitor`] as a [`SocketView`] borrowed from the
-//! receive buffer, which decodes only the fields asked for. Counting reads just the family and state
-//! bytes and allocates nothing per socket.
+//! walk sends a dump request with the kernel-side state filter and visits the replies in place: each
+//! socket is handed to a [`SocketVisitor`] as a [`SocketView`] borrowed from the receive buffer, which
+//! decodes only the fields asked for. Counting reads just the family and state bytes and allocates
+//! nothing per socket.
+//!
+//! The kernel keeps the connections of both families in one established hash, and a per-family
+//! `SOCK_DIAG_BY_FAMILY` dump walks all of it, skipping the other family's sockets: two per-family
+//! dumps walk it twice. The legacy `TCPDIAG_GETSOCK` request (`inet_diag_req`, message type 18) is
+//! answered for both families (`AF_UNSPEC`) in one walk, and each reply still names its socket's
+//! family, so a walk sends that one request. It reports exactly the sockets the two per-family dumps
+//! report, with the same family and state: request sockets (`TCP_NEW_SYN_RECV`) as SYN_RECV,
+//! dual-stack sockets talking IPv4 as IPv6 with mapped addresses. Should a kernel refuse it (the
+//! legacy interface is optional: `EINVAL`, `ENOENT`, `EOPNOTSUPP`), [`NetlinkCounter::open`] notices
+//! with its probe and the collector sends the two per-family requests instead, for good.
 
 use std::io;
 use std::mem::size_of;
@@ -16,7 +26,9 @@ use netlink_packet_core::{
     NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
+use netlink_packet_sock_diag::constants::{
+    AF_INET, AF_INET6, AF_UNSPEC, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY,
+};
 use netlink_packet_sock_diag::inet::{
     ExtensionFlags, InetRequest, InetRequestBuffer, InetResponseBuffer, SocketId, StateFlags,
 };
@@ -38,10 +50,25 @@ const MAX_DUMP_ATTEMPTS: usize = 4;
 const TCP_NEW_SYN_RECV: u32 = 12;
 /// Every TCP state, as `ss` asks for them (its `SS_ALL` includes `TCP_NEW_SYN_RECV`).
 const ALL_STATES: u32 = StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV;
+/// Only listening sockets: what the probe at open asks for. The kernel answers from its table of
+/// listeners without walking the connections.
+const LISTEN_ONLY: u32 = 1 << TcpState::Listen as u32;
+/// `TCPDIAG_GETSOCK`: the legacy dump request, answered for both families; its replies carry this type.
+const TCPDIAG_GETSOCK: u16 = 18;
 /// Bytes of a netlink header.
 const HEADER_LEN: usize = 16;
 /// Bytes of a serialized `inet_diag_req_v2` request with its netlink header.
-const REQUEST_LEN: usize = HEADER_LEN + size_of::<InetRequestBuffer>();
+const BY_FAMILY_REQUEST_LEN: usize = HEADER_LEN + size_of::<InetRequestBuffer>();
+/// Bytes of a legacy `inet_diag_req` with its netlink header: family, source and destination prefix
+/// lengths, extensions (1 byte each), the 48-byte `inet_diag_sockid`, the state mask and `dbs` (4
+/// bytes each).
+const LEGACY_REQUEST_LEN: usize = HEADER_LEN + 4 + 48 + 4 + 4;
+/// Room for either request.
+const REQUEST_LEN: usize = if LEGACY_REQUEST_LEN > BY_FAMILY_REQUEST_LEN {
+    LEGACY_REQUEST_LEN
+} else {
+    BY_FAMILY_REQUEST_LEN
+};
 /// Bytes of the fixed `inet_diag_msg` that starts every socket in a reply.
 const SOCKET_MESSAGE_LEN: usize = size_of::<InetResponseBuffer>();
 
@@ -70,17 +97,120 @@ pub struct NetlinkCounter {
     socket: Socket,
     buffer: Vec<u8>,
     sequence: u32,
+    /// The request form the kernel accepted at open.
+    request: DumpRequest,
+}
+
+/// How a walk asks the kernel for the sockets of both families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DumpRequest {
+    /// One legacy `TCPDIAG_GETSOCK` dump: one walk over the kernel's tables.
+    BothFamilies,
+    /// One `SOCK_DIAG_BY_FAMILY` dump per family, as `ss` sends them: two walks.
+    PerFamily,
+    /// A message type `sock_diag` does not know, to see a refusal handled.
+    #[cfg(test)]
+    Refused,
+}
+
+/// One dump request: its netlink message type and the family asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ask {
+    message_type: u16,
+    family: u8,
+}
+
+impl DumpRequest {
+    /// The dumps one walk sends, in order.
+    fn asks(self) -> &'static [Ask] {
+        match self {
+            DumpRequest::BothFamilies => &[Ask {
+                message_type: TCPDIAG_GETSOCK,
+                family: AF_UNSPEC,
+            }],
+            DumpRequest::PerFamily => &[
+                Ask {
+                    message_type: SOCK_DIAG_BY_FAMILY,
+                    family: AF_INET,
+                },
+                Ask {
+                    message_type: SOCK_DIAG_BY_FAMILY,
+                    family: AF_INET6,
+                },
+            ],
+            #[cfg(test)]
+            DumpRequest::Refused => &[Ask {
+                message_type: 17,
+                family: AF_UNSPEC,
+            }],
+        }
+    }
+}
+
+/// Whether a failed probe means that the kernel does not offer a request form (it answered with an
+/// error, or with something that is not a dump), so the next form is worth a try; an I/O failure of
+/// the socket itself would fail any form alike.
+fn refused(error: &CollectError) -> bool {
+    matches!(
+        error,
+        CollectError::NetlinkKernel { .. } | CollectError::NetlinkMalformed(_)
+    )
 }
 
 impl NetlinkCounter {
-    /// Opens the `NETLINK_SOCK_DIAG` socket (in the calling thread's network namespace) and allocates
-    /// the receive buffer that every later collection reuses.
+    /// Opens the `NETLINK_SOCK_DIAG` socket (in the calling thread's network namespace), allocates the
+    /// receive buffer that every later collection reuses, and probes the kernel with a dump of the
+    /// listening sockets (cheap: the connections are not walked).
+    ///
+    /// The probe decides, once, how later walks ask: one `TCPDIAG_GETSOCK` dump for both families if
+    /// the kernel answers it, else (the kernel refused it) one `SOCK_DIAG_BY_FAMILY` dump per family.
+    /// Fails if neither works.
     pub fn open() -> Result<NetlinkCounter, CollectError> {
-        Ok(NetlinkCounter {
+        NetlinkCounter::open_preferring(&[DumpRequest::BothFamilies, DumpRequest::PerFamily])
+    }
+
+    /// Like [`NetlinkCounter::open`], but always with one `SOCK_DIAG_BY_FAMILY` dump per family (the
+    /// form used when the kernel refuses the single dump); for comparisons.
+    pub fn open_per_family() -> Result<NetlinkCounter, CollectError> {
+        NetlinkCounter::open_preferring(&[DumpRequest::PerFamily])
+    }
+
+    /// Whether a walk is one dump for both families (`TCPDIAG_GETSOCK`) rather than one
+    /// `SOCK_DIAG_BY_FAMILY` dump per family.
+    pub fn dumps_both_families_at_once(&self) -> bool {
+        self.request == DumpRequest::BothFamilies
+    }
+
+    /// Opens the socket and keeps the first request form of `preferred` whose probe the kernel
+    /// answers, moving on only when it refused the previous one.
+    fn open_preferring(preferred: &[DumpRequest]) -> Result<NetlinkCounter, CollectError> {
+        let mut counter = NetlinkCounter {
             socket: open_socket().map_err(CollectError::NetlinkOpen)?,
             buffer: vec![0; DATAGRAM_BUFFER],
             sequence: 0,
-        })
+            request: DumpRequest::PerFamily,
+        };
+        let mut last_refusal = None;
+        for &request in preferred {
+            counter.request = request;
+            match counter.walk(LISTEN_ONLY, &mut Counting::default()) {
+                Ok(()) => {
+                    if let Some(error) = last_refusal {
+                        tracing::info!(
+                            %error,
+                            ?request,
+                            "the kernel refused a sock_diag request form; using the next one"
+                        );
+                    }
+                    return Ok(counter);
+                }
+                Err(error) if refused(&error) => last_refusal = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_refusal.unwrap_or_else(|| {
+            CollectError::NetlinkMalformed("no sock_diag request form to try".into())
+        }))
     }
 
     /// Counts every TCP socket of the namespace by the family the kernel reports and by state.
@@ -93,9 +223,9 @@ impl NetlinkCounter {
         Ok(counting.counts)
     }
 
-    /// Hands every TCP socket of the namespace whose state is one of `states` to `visitor`, IPv4
-    /// sockets first. The kernel skips the other states itself; asking for LISTEN alone does not even
-    /// walk the table of connections.
+    /// Hands every TCP socket of the namespace whose state is one of `states` to `visitor`, in the
+    /// kernel's order (both families mixed when one dump answers for both). The kernel skips the other
+    /// states itself; asking for LISTEN alone does not even walk the table of connections.
     ///
     /// Should the kernel flag a dump as inconsistent, the visitor is told to [`SocketVisitor::restart`]
     /// and the walk starts again. After a failure the socket is replaced, as with
@@ -123,15 +253,16 @@ impl NetlinkCounter {
         walked
     }
 
-    /// Dumps both families, starting over when the kernel says a dump was interrupted by a change.
+    /// Dumps both families (with one request or one per family), starting over when the kernel says a
+    /// dump was interrupted by a change.
     fn walk_families<V: SocketVisitor + ?Sized>(
         &mut self,
         states: u32,
         visitor: &mut V,
     ) -> Result<(), CollectError> {
         'attempt: for _ in 0..MAX_DUMP_ATTEMPTS {
-            for family in [AF_INET, AF_INET6] {
-                if self.dump(family, states, visitor)? == Consistency::Interrupted {
+            for &ask in self.request.asks() {
+                if self.dump(ask, states, visitor)? == Consistency::Interrupted {
                     visitor.restart();
                     continue 'attempt;
                 }
@@ -144,15 +275,15 @@ impl NetlinkCounter {
         })
     }
 
-    /// Dumps one family into `visitor`.
+    /// Runs one dump into `visitor`.
     fn dump<V: SocketVisitor + ?Sized>(
         &mut self,
-        family: u8,
+        ask: Ask,
         states: u32,
         visitor: &mut V,
     ) -> Result<Consistency, CollectError> {
         self.sequence = self.sequence.wrapping_add(1);
-        self.send_request(family, states)?;
+        self.send_request(ask, states)?;
         let mut dump = Dump::new(self.sequence, visitor);
         loop {
             let received = self.receive()?;
@@ -168,9 +299,9 @@ impl NetlinkCounter {
         })
     }
 
-    fn send_request(&self, family: u8, states: u32) -> Result<(), CollectError> {
+    fn send_request(&self, ask: Ask, states: u32) -> Result<(), CollectError> {
         let mut bytes = [0u8; REQUEST_LEN];
-        let length = encode_request(family, states, self.sequence, &mut bytes)?;
+        let length = encode_request(ask, states, self.sequence, &mut bytes)?;
         let request = bytes.get(..length).unwrap_or_default();
         loop {
             match self.socket.send(request, 0) {
@@ -251,8 +382,61 @@ fn set_option<T>(
     }
 }
 
-/// Writes the dump request for TCP sockets of `family` in `states` into `bytes`; returns its length.
+/// Writes the dump request `ask` for TCP sockets in `states` into `bytes`; returns its length.
 fn encode_request(
+    ask: Ask,
+    states: u32,
+    sequence: u32,
+    bytes: &mut [u8; REQUEST_LEN],
+) -> Result<usize, CollectError> {
+    if ask.message_type == SOCK_DIAG_BY_FAMILY {
+        encode_by_family_request(ask.family, states, sequence, bytes)
+    } else {
+        Ok(encode_legacy_request(
+            ask.message_type,
+            ask.family,
+            states,
+            sequence,
+            bytes,
+        ))
+    }
+}
+
+/// The legacy `inet_diag_req` dump request (`TCPDIAG_GETSOCK`), which has no protocol field: the
+/// message type says TCP. The kernel dumps both families whatever `family` says.
+fn encode_legacy_request(
+    message_type: u16,
+    family: u8,
+    states: u32,
+    sequence: u32,
+    bytes: &mut [u8; REQUEST_LEN],
+) -> usize {
+    let fields: [&[u8]; 9] = [
+        // nlmsghdr: length, type, flags, sequence, port id (0: the kernel).
+        &(LEGACY_REQUEST_LEN as u32).to_ne_bytes(),
+        &message_type.to_ne_bytes(),
+        &(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes(),
+        &sequence.to_ne_bytes(),
+        &0u32.to_ne_bytes(),
+        // inet_diag_req: family, src_len, dst_len, ext; the socket id (any); states; dbs.
+        &[family, 0, 0, 0],
+        &[0; 48],
+        &states.to_ne_bytes(),
+        &0u32.to_ne_bytes(),
+    ];
+    bytes.fill(0);
+    let mut at = 0;
+    for field in fields {
+        if let Some(target) = bytes.get_mut(at..at + field.len()) {
+            target.copy_from_slice(field);
+        }
+        at += field.len();
+    }
+    LEGACY_REQUEST_LEN
+}
+
+/// The `inet_diag_req_v2` dump request (`SOCK_DIAG_BY_FAMILY`) for TCP sockets of `family`.
+fn encode_by_family_request(
     family: u8,
     states: u32,
     sequence: u32,
@@ -513,7 +697,10 @@ impl<'v, V: SocketVisitor + ?Sized> Dump<'v, V> {
                     return Ok(Progress::Done);
                 }
                 NLMSG_ERROR => error_status(message.payload())?,
-                SOCK_DIAG_BY_FAMILY => self.visitor.socket(&SocketView::parse(message.payload())?),
+                // A reply has the type of its request; each names its socket's family.
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
+                    self.visitor.socket(&SocketView::parse(message.payload())?);
+                }
                 _ => {}
             }
             let length = message.length() as usize;
@@ -809,7 +996,8 @@ mod tests {
     #[test]
     fn encodes_an_all_states_dump_request() {
         let mut bytes = [0u8; REQUEST_LEN];
-        let length = encode_request(AF_INET6, ALL_STATES, 99, &mut bytes).unwrap();
+        let ask = DumpRequest::PerFamily.asks()[1];
+        let length = encode_request(ask, ALL_STATES, 99, &mut bytes).unwrap();
         assert_eq!(length, 72);
         let request = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
         assert_eq!(request.length(), 72);
@@ -823,6 +1011,157 @@ mod tests {
             u32::from_ne_bytes(payload[4..8].try_into().unwrap()),
             0x1ffe
         );
+    }
+
+    #[test]
+    fn encodes_the_legacy_request_for_both_families() {
+        assert_eq!(LEGACY_REQUEST_LEN, 76);
+        assert_eq!(REQUEST_LEN, 76);
+        let [ask] = DumpRequest::BothFamilies.asks() else {
+            panic!("one dump for both families");
+        };
+        let mut bytes = [0xaa; REQUEST_LEN];
+        let length = encode_request(*ask, ALL_STATES, 0x0102_0304, &mut bytes).unwrap();
+        assert_eq!(length, 76);
+        let request = NetlinkBuffer::new_checked(&bytes[..length]).unwrap();
+        assert_eq!(request.length(), 76);
+        assert_eq!(request.message_type(), 18);
+        assert_eq!(request.flags(), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(request.sequence_number(), 0x0102_0304);
+        assert_eq!(request.port_number(), 0);
+        // struct inet_diag_req: AF_UNSPEC, no prefixes, no extensions, any socket id, the states,
+        // dbs 0.
+        let payload = request.payload();
+        assert_eq!(payload.len(), 60);
+        assert_eq!(&payload[..4], &[0, 0, 0, 0]);
+        assert!(payload[4..52].iter().all(|byte| *byte == 0));
+        assert_eq!(
+            u32::from_ne_bytes(payload[52..56].try_into().unwrap()),
+            0x1ffe
+        );
+        assert_eq!(&payload[56..60], &[0, 0, 0, 0]);
+
+        let mut listen_only = [0u8; REQUEST_LEN];
+        encode_request(*ask, LISTEN_ONLY, 1, &mut listen_only).unwrap();
+        assert_eq!(
+            u32::from_ne_bytes(
+                listen_only[HEADER_LEN + 52..HEADER_LEN + 56]
+                    .try_into()
+                    .unwrap()
+            ),
+            1 << 10
+        );
+    }
+
+    #[test]
+    fn per_family_request_asks_each_family_in_turn() {
+        let asks: Vec<(u16, u8)> = DumpRequest::PerFamily
+            .asks()
+            .iter()
+            .map(|ask| (ask.message_type, ask.family))
+            .collect();
+        assert_eq!(
+            asks,
+            [
+                (SOCK_DIAG_BY_FAMILY, AF_INET),
+                (SOCK_DIAG_BY_FAMILY, AF_INET6)
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_legacy_replies_by_the_family_in_each() {
+        let legacy = |family: u8, state: u8| {
+            let mut payload = vec![0u8; SOCKET_MESSAGE_LEN];
+            payload[0] = family;
+            payload[1] = state;
+            message(TCPDIAG_GETSOCK, 2, SEQ, &payload)
+        };
+        let datagram = [
+            legacy(AF_INET, TcpState::Listen as u8),
+            legacy(AF_INET6, TcpState::Established as u8),
+            // A request socket, and a dual-stack socket talking IPv4: IPv6 as the kernel says.
+            legacy(AF_INET6, 12),
+            legacy(AF_INET, TcpState::TimeWait as u8),
+            legacy(AF_INET6, TcpState::TimeWait as u8),
+            done(0),
+        ]
+        .concat();
+        let mut counting = Counting::default();
+        let mut dump = Dump::new(SEQ, &mut counting);
+        assert_eq!(dump.absorb(&datagram).unwrap(), Progress::Done);
+        let counts = dump.visitor.counts;
+        assert_eq!(counts.ipv4.get(TcpState::Listen), 1);
+        assert_eq!(counts.ipv4.get(TcpState::TimeWait), 1);
+        assert_eq!(counts.ipv6.get(TcpState::Established), 1);
+        assert_eq!(counts.ipv6.get(TcpState::SynRecv), 1);
+        assert_eq!(counts.ipv6.get(TcpState::TimeWait), 1);
+        assert_eq!(counts.ipv4.total() + counts.ipv6.total(), 5);
+    }
+
+    #[test]
+    fn only_a_refusal_moves_on_to_the_next_request_form() {
+        for errno in [libc::EINVAL, libc::ENOENT, libc::EOPNOTSUPP, libc::EPERM] {
+            assert!(refused(&kernel_error(-errno)), "{errno}");
+        }
+        assert!(refused(&CollectError::NetlinkMalformed("x".into())));
+        assert!(!refused(&CollectError::NetlinkIo(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the kernel sent nothing"
+        ))));
+        assert!(!refused(&CollectError::NetlinkOpen(
+            io::Error::from_raw_os_error(libc::EPROTONOSUPPORT)
+        )));
+    }
+
+    #[test]
+    fn live_refused_request_falls_back_to_the_per_family_dumps() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // The kernel answers an unknown sock_diag message type with EINVAL.
+        match NetlinkCounter::open_preferring(&[DumpRequest::Refused]) {
+            Err(CollectError::NetlinkKernel { errno, .. }) => assert_eq!(errno, libc::EINVAL),
+            Err(other) => panic!("expected a refusal, got {other:?}"),
+            Ok(_) => panic!("expected a refusal"),
+        }
+        let mut counter =
+            NetlinkCounter::open_preferring(&[DumpRequest::Refused, DumpRequest::PerFamily])
+                .unwrap();
+        assert_eq!(counter.request, DumpRequest::PerFamily);
+        assert!(!counter.dumps_both_families_at_once());
+        // Decided once: later walks use the per-family form on the same socket.
+        for _ in 0..2 {
+            let counts = counter.count().unwrap();
+            assert!(counts.ipv4.get(TcpState::Listen) >= 1, "{counts:?}");
+        }
+        assert_eq!(counter.request, DumpRequest::PerFamily);
+        drop(listener);
+    }
+
+    #[test]
+    fn live_single_dump_counts_like_the_per_family_dumps() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener6 = TcpListener::bind("[::1]:0").unwrap();
+        let client = std::net::TcpStream::connect(listener6.local_addr().unwrap()).unwrap();
+        let mut single = NetlinkCounter::open().unwrap();
+        // This kernel (and every one since 2.6) answers TCPDIAG_GETSOCK.
+        assert!(single.dumps_both_families_at_once());
+        let mut per_family = NetlinkCounter::open_per_family().unwrap();
+        assert!(!per_family.dumps_both_families_at_once());
+        let listeners = |counter: &mut NetlinkCounter| {
+            let mut seen = Listeners::default();
+            counter.visit([TcpState::Listen], &mut seen).unwrap();
+            let mut addresses: Vec<InetSocketAddr> =
+                seen.0.iter().map(|(local, ..)| *local).collect();
+            addresses.sort();
+            addresses
+        };
+        let (a, b) = (listeners(&mut single), listeners(&mut per_family));
+        assert_eq!(a, b);
+        assert!(a.contains(&listener.local_addr().unwrap()), "{a:?}");
+        assert!(a.contains(&listener6.local_addr().unwrap()), "{a:?}");
+        let counts = single.count().unwrap();
+        assert!(counts.ipv6.get(TcpState::Established) >= 2, "{counts:?}");
+        drop((client, listener, listener6));
     }
 
     #[test]
