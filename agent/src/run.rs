@@ -65,6 +65,7 @@ pub async fn snapshot_once(settings: &AgentSettings) -> anyhow::Result<Snapshot>
         sysctls: collection.sysctls,
         kernel: collection.kernel,
         breakdowns: collection.breakdowns,
+        namespaces: Vec::new(),
         kernel_release: settings.identity.kernel_release.clone(),
         collector: collector.kind(),
     })

@@ -6,6 +6,7 @@
 pub mod breakdown;
 pub mod host;
 pub mod kernel;
+pub mod namespace;
 pub mod report;
 pub mod snapshot;
 pub mod state;
@@ -17,6 +18,7 @@ pub use breakdown::{
 };
 pub use host::{HostId, InvalidHostId};
 pub use kernel::KernelCounters;
+pub use namespace::{NamespaceIdentity, NamespaceReport};
 pub use report::{AgentHello, Report};
 pub use snapshot::{Collector, Snapshot};
 pub use state::{Family, FamilyCounts, StateCounts, TcpState};

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::breakdown::Breakdowns;
 use crate::host::HostId;
 use crate::kernel::KernelCounters;
+use crate::namespace::NamespaceReport;
 use crate::snapshot::Collector;
 use crate::state::FamilyCounts;
 use crate::sysctl::SysctlValues;
@@ -25,6 +26,8 @@ pub struct Report {
     pub kernel: Option<KernelCounters>,
     /// Top-N breakdowns, when the collector provides them.
     pub breakdowns: Option<Breakdowns>,
+    /// The host's other network namespaces, when the agent collects in all of them.
+    pub namespaces: Vec<NamespaceReport>,
 }
 
 /// Who an agent is and how it runs: what it says first on every stream.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::breakdown::Breakdowns;
 use crate::host::HostId;
 use crate::kernel::KernelCounters;
+use crate::namespace::NamespaceReport;
 use crate::state::FamilyCounts;
 use crate::sysctl::SysctlValues;
 
@@ -50,6 +51,8 @@ pub struct Snapshot {
     pub kernel: Option<KernelCounters>,
     /// Top-N breakdowns (`null` with the procfs collector).
     pub breakdowns: Option<Breakdowns>,
+    /// The host's other network namespaces (empty unless the agent collects in all of them).
+    pub namespaces: Vec<NamespaceReport>,
     pub kernel_release: String,
     pub collector: Collector,
 }

@@ -405,6 +405,7 @@ mod tests {
                 .collect::<SysctlValues>(),
             kernel: None,
             breakdowns: None,
+            namespaces: Vec::new(),
         }
     }
 

@@ -47,6 +47,7 @@ impl ReportBuilder {
             sysctls,
             kernel: collection.kernel,
             breakdowns: collection.breakdowns,
+            namespaces: Vec::new(),
         }
     }
 }

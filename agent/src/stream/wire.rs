@@ -27,6 +27,7 @@ pub fn report_proto(report: &Report) -> v1::Report {
         dropped_reports: 0,
         kernel: report.kernel.as_ref().map(kernel_counters),
         breakdowns: report.breakdowns.as_ref().map(breakdowns),
+        namespaces: Vec::new(),
     }
 }
 

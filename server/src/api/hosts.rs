@@ -82,6 +82,8 @@ pub struct SeriesParams {
     to: Option<String>,
     step: Option<String>,
     limit: Option<u32>,
+    /// Inode of one of the host's other network namespaces.
+    namespace: Option<u64>,
 }
 
 /// A host's counts over a time range.
@@ -92,6 +94,9 @@ pub struct Series {
     to: chrono::DateTime<Utc>,
     /// Bucket length in seconds; absent when every report is returned.
     step_seconds: Option<u64>,
+    /// The namespace the counts are of; absent for the host's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<u64>,
     points: Vec<SeriesPoint>,
     /// True when `limit` cut the series short.
     truncated: bool,
@@ -145,6 +150,7 @@ pub async fn series(
                 from,
                 to,
                 step,
+                namespace: params.namespace,
                 limit: limit + 1,
             },
         )
@@ -156,6 +162,7 @@ pub async fn series(
         from,
         to,
         step_seconds: step.map(|step| step.as_secs()),
+        namespace: params.namespace,
         truncated,
         points,
     }))

@@ -17,8 +17,9 @@ use super::batch_writer::{BatchWriter, Commit};
 use super::validate;
 use crate::storage::{AgentSession, IncomingReport, Store};
 
-/// Largest message an agent may send, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest message an agent may send, in bytes: a report with breakdowns for a few hundred network
+/// namespaces fits.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reports of one stream that may be waiting for their commit before the stream stops being read.

@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use sockfleet_domain::{
     AgentHello, Attribution, Breakdowns, CloseWaitSocket, Collector, DestinationUse, FamilyCounts,
-    HostId, KernelCounters, ListenQueue, Omitted, ProcessCloseWait, Report, StateCounts,
-    SysctlValues,
+    HostId, KernelCounters, ListenQueue, NamespaceIdentity, NamespaceReport, Omitted,
+    ProcessCloseWait, Report, StateCounts, SysctlValues,
 };
 use sockfleet_proto::v1;
 
@@ -19,6 +19,8 @@ pub const MAX_STATE_COUNT: u64 = 10_000_000;
 pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
 /// Largest kernel counter accepted (the databases hold signed 64-bit integers).
 pub const MAX_COUNTER: u64 = i64::MAX as u64;
+/// Most network namespaces one report may carry besides the agent's own.
+pub const MAX_NAMESPACES: usize = 1024;
 /// Most entries in one breakdown list (the agent's largest top-N).
 pub const MAX_BREAKDOWN_ENTRIES: usize = 1000;
 /// Most sysctls one report may carry.
@@ -186,6 +188,7 @@ pub fn report(message: v1::Report, now: DateTime<Utc>) -> Result<(Report, u64), 
         sysctls: sysctls(message.sysctls)?,
         kernel: message.kernel.map(kernel_counters).transpose()?,
         breakdowns: message.breakdowns.map(breakdowns).transpose()?,
+        namespaces: namespaces(message.namespaces)?,
     };
     Ok((report, message.dropped_reports))
 }
@@ -215,6 +218,70 @@ fn state_counts(field: &str, counts: Option<v1::StateCounts>) -> Result<StateCou
         ));
     }
     Ok(parsed)
+}
+
+fn namespaces(raw: Vec<v1::NamespaceReport>) -> Result<Vec<NamespaceReport>, Invalid> {
+    if raw.len() > MAX_NAMESPACES {
+        return Err(invalid(
+            "report.namespaces",
+            format!("{} namespaces; at most {MAX_NAMESPACES} allowed", raw.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(raw.len());
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, namespace)| {
+            let field = format!("report.namespaces[{index}]");
+            if namespace.inode == 0 || namespace.inode > MAX_COUNTER {
+                return Err(invalid(
+                    format!("{field}.inode"),
+                    format!("{} is not a namespace inode", namespace.inode),
+                ));
+            }
+            if !seen.insert(namespace.inode) {
+                return Err(invalid(
+                    format!("{field}.inode"),
+                    format!("namespace {} is listed twice", namespace.inode),
+                ));
+            }
+            Ok(NamespaceReport {
+                inode: namespace.inode,
+                identity: namespace_identity(&field, namespace.identity.unwrap_or_default())?,
+                states: FamilyCounts {
+                    ipv4: state_counts(&format!("{field}.ipv4"), namespace.ipv4)?,
+                    ipv6: state_counts(&format!("{field}.ipv6"), namespace.ipv6)?,
+                },
+                sysctls: sysctls(namespace.sysctls)?,
+                kernel: namespace.kernel.map(kernel_counters).transpose()?,
+                breakdowns: namespace.breakdowns.map(breakdowns).transpose()?,
+            })
+        })
+        .collect()
+}
+
+fn namespace_identity(
+    field: &str,
+    raw: v1::NamespaceIdentity,
+) -> Result<NamespaceIdentity, Invalid> {
+    let text = |name: &str, value: String| -> Result<Option<String>, Invalid> {
+        if value.len() > NamespaceIdentity::MAX_TEXT_LEN || value.chars().any(char::is_control) {
+            return Err(invalid(
+                format!("{field}.identity.{name}"),
+                format!(
+                    "must be at most {} bytes without control characters",
+                    NamespaceIdentity::MAX_TEXT_LEN
+                ),
+            ));
+        }
+        Ok((!value.is_empty()).then_some(value))
+    };
+    Ok(NamespaceIdentity {
+        name: text("name", raw.name)?,
+        container_id: text("container_id", raw.container_id)?,
+        pod: text("pod", raw.pod)?,
+        pid: (raw.pid != 0).then_some(raw.pid),
+        comm: text("comm", raw.comm)?,
+    })
 }
 
 fn time(field: &str, timestamp: prost_types::Timestamp) -> Result<DateTime<Utc>, Invalid> {
@@ -490,6 +557,21 @@ mod tests {
                 }),
                 ..Default::default()
             }),
+            namespaces: vec![v1::NamespaceReport {
+                inode: 4026532300,
+                identity: Some(v1::NamespaceIdentity {
+                    container_id: "3f2a".repeat(16),
+                    pid: 4242,
+                    comm: "nginx".into(),
+                    ..Default::default()
+                }),
+                ipv4: Some(v1::StateCounts {
+                    listen: 1,
+                    ..Default::default()
+                }),
+                ipv6: Some(v1::StateCounts::default()),
+                ..Default::default()
+            }],
         }
     }
 
@@ -568,6 +650,50 @@ mod tests {
         assert_eq!(
             report(message, now).unwrap_err().field,
             "report.breakdowns.attribution"
+        );
+    }
+
+    #[test]
+    fn converts_namespaces_and_names_bad_fields() {
+        let now = Utc::now();
+        let (parsed, _) = report(good_report(now), now).unwrap();
+        let namespace = &parsed.namespaces[0];
+        assert_eq!(namespace.inode, 4026532300);
+        assert_eq!(namespace.identity.pid, Some(4242));
+        assert_eq!(namespace.identity.name, None, "empty text means unknown");
+        assert_eq!(
+            namespace
+                .states
+                .ipv4
+                .get(sockfleet_domain::TcpState::Listen),
+            1
+        );
+
+        let mut message = good_report(now);
+        let duplicate = message.namespaces[0].clone();
+        message.namespaces.push(duplicate);
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.namespaces[1].inode"
+        );
+
+        let mut message = good_report(now);
+        message.namespaces[0].ipv6 = Some(v1::StateCounts {
+            close_wait: u64::MAX,
+            ..Default::default()
+        });
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.namespaces[0].ipv6.close_wait"
+        );
+
+        let mut message = good_report(now);
+        if let Some(identity) = message.namespaces[0].identity.as_mut() {
+            identity.comm = "bad\ncomm".into();
+        }
+        assert_eq!(
+            report(message, now).unwrap_err().field,
+            "report.namespaces[0].identity.comm"
         );
     }
 

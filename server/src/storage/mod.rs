@@ -16,8 +16,8 @@ use sockfleet_domain::HostId;
 
 pub use postgres::PostgresStore;
 pub use records::{
-    AgentSession, HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery,
-    SysctlChange,
+    AgentSession, HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview,
+    SeriesPoint, SeriesQuery, SysctlChange,
 };
 pub use sqlite::SqliteStore;
 

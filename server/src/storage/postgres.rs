@@ -4,17 +4,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sockfleet_domain::{HostId, SysctlValues};
+use sockfleet_domain::{Breakdowns, HostId, KernelCounters, NamespaceIdentity, SysctlValues};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::columns::{kernel_columns, state_columns};
-use super::records::{AgentSession, CommitBookkeeping, RunKeys};
+use super::records::{AgentSession, CommitBookkeeping, RunKeys, SysctlScope};
 use super::rows::{count_values, family_counts, kernel_counters, kernel_values};
 use super::{
-    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, StorageError,
-    Store, SysctlChange,
+    HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview, SeriesPoint,
+    SeriesQuery, StorageError, Store, SysctlChange,
 };
 
 /// Storage in a PostgreSQL database: the backend for fleets and for several server replicas.
@@ -38,6 +38,48 @@ impl PostgresStore {
     /// The connection pool, for tests that inspect the database directly.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The host's other namespaces with their latest report, most recently seen first.
+    async fn namespaces(&self, host_key: i64) -> Result<Vec<NamespaceOverview>, StorageError> {
+        const SQL: &str = concat!(
+            "SELECT n.inode, n.name, n.container_id, n.pod, n.pid, n.comm, n.first_seen, r.collected_at, ",
+            state_columns!("r.", ""),
+            ", r.kernel, r.breakdowns",
+            " FROM namespaces n LEFT JOIN LATERAL (SELECT * FROM namespace_reports ",
+            "WHERE host_key = n.host_key AND inode = n.inode ORDER BY collected_at DESC LIMIT 1) r ON TRUE ",
+            "WHERE n.host_key = $1 ORDER BY r.collected_at DESC NULLS LAST, n.inode LIMIT 1000"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(host_key)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut namespaces = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let inode: i64 = row.try_get(0)?;
+            let pid: Option<i64> = row.try_get(4)?;
+            let kernel: Option<Json<KernelCounters>> = row.try_get(30)?;
+            let breakdowns: Option<Json<Breakdowns>> = row.try_get(31)?;
+            namespaces.push(NamespaceOverview {
+                inode: u64::try_from(inode)
+                    .map_err(|_| StorageError::Corrupt(format!("namespace inode {inode}")))?,
+                identity: NamespaceIdentity {
+                    name: row.try_get(1)?,
+                    container_id: row.try_get(2)?,
+                    pod: row.try_get(3)?,
+                    pid: pid.and_then(|pid| u32::try_from(pid).ok()),
+                    comm: row.try_get(5)?,
+                },
+                first_seen: row.try_get(6)?,
+                last_seen: row.try_get(7)?,
+                states: family_counts::<_, i32>(row, 8)?,
+                sysctls: current_sysctls(&self.pool, host_key, SysctlScope::Namespace(inode))
+                    .await?,
+                kernel: kernel.map(|Json(kernel)| kernel),
+                breakdowns: breakdowns.map(|Json(breakdowns)| breakdowns),
+            });
+        }
+        Ok(namespaces)
     }
 
     async fn host_overviews(
@@ -101,6 +143,12 @@ impl Store for PostgresStore {
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, ",
             "$19, $20) ON CONFLICT (run_key, sequence) DO NOTHING"
         );
+        const INSERT_NAMESPACE_REPORT: &str = concat!(
+            "INSERT INTO namespace_reports (run_key, sequence, inode, host_key, collected_at, ",
+            state_columns!("", ""),
+            ", kernel, breakdowns) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29) ",
+            "ON CONFLICT (run_key, sequence, inode) DO NOTHING"
+        );
         let mut tx = self.pool.begin().await?;
         let mut bookkeeping = CommitBookkeeping::default();
         for incoming in reports {
@@ -157,9 +205,65 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
             }
-            if !report.sysctls.is_empty() {
-                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls)
+            for namespace in &report.namespaces {
+                let inode = i64::try_from(namespace.inode).unwrap_or(i64::MAX);
+                let identity = &namespace.identity;
+                sqlx::query(
+                    "INSERT INTO namespaces (host_key, inode, name, container_id, pod, pid, comm, first_seen) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (host_key, inode) DO UPDATE SET name = excluded.name, \
+                     container_id = excluded.container_id, pod = excluded.pod, pid = excluded.pid, \
+                     comm = excluded.comm \
+                     WHERE namespaces.name IS DISTINCT FROM excluded.name \
+                     OR namespaces.container_id IS DISTINCT FROM excluded.container_id \
+                     OR namespaces.pod IS DISTINCT FROM excluded.pod \
+                     OR namespaces.pid IS DISTINCT FROM excluded.pid \
+                     OR namespaces.comm IS DISTINCT FROM excluded.comm",
+                )
+                .bind(keys.host)
+                .bind(inode)
+                .bind(identity.name.as_deref())
+                .bind(identity.container_id.as_deref())
+                .bind(identity.pod.as_deref())
+                .bind(identity.pid.map(i64::from))
+                .bind(identity.comm.as_deref())
+                .bind(report.collected_at)
+                .execute(&mut *tx)
+                .await?;
+                let mut insert = sqlx::query(INSERT_NAMESPACE_REPORT)
+                    .bind(keys.run)
+                    .bind(i64::try_from(report.sequence).unwrap_or(i64::MAX))
+                    .bind(inode)
+                    .bind(keys.host)
+                    .bind(report.collected_at);
+                for count in count_values(&namespace.states) {
+                    insert = insert.bind(i32::try_from(count).unwrap_or(i32::MAX));
+                }
+                insert
+                    .bind(namespace.kernel.as_ref().map(Json))
+                    .bind(namespace.breakdowns.as_ref().map(Json))
+                    .execute(&mut *tx)
                     .await?;
+                if !namespace.sysctls.is_empty() {
+                    record_sysctl_changes(
+                        &mut tx,
+                        keys.host,
+                        SysctlScope::Namespace(inode),
+                        report.collected_at,
+                        &namespace.sysctls,
+                    )
+                    .await?;
+                }
+            }
+            if !report.sysctls.is_empty() {
+                record_sysctl_changes(
+                    &mut tx,
+                    keys.host,
+                    SysctlScope::Host,
+                    report.collected_at,
+                    &report.sysctls,
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -189,7 +293,7 @@ impl Store for PostgresStore {
         else {
             return Ok(None);
         };
-        let sysctls = current_sysctls(&self.pool, host_key).await?;
+        let sysctls = current_sysctls(&self.pool, host_key, SysctlScope::Host).await?;
         let dropped: Option<i64> = sqlx::query_scalar(
             "SELECT dropped_reports FROM agent_runs WHERE host_key = $1 ORDER BY run_key DESC LIMIT 1",
         )
@@ -214,7 +318,9 @@ impl Store for PostgresStore {
         .bind(host_key)
         .fetch_optional(&self.pool)
         .await?;
+        let namespaces = self.namespaces(host_key).await?;
         Ok(Some(HostDetail {
+            namespaces,
             overview,
             sysctls,
             kernel,
@@ -265,17 +371,36 @@ impl Store for PostgresStore {
             "WHERE h.host_id = $2 AND r.collected_at >= $3 AND r.collected_at < $4 ",
             "GROUP BY bucket ORDER BY bucket LIMIT $5"
         );
-        let statement = match query.step {
-            None => sqlx::query(RAW),
-            Some(step) => sqlx::query(STEPPED).bind(step.as_secs_f64()),
+        const NAMESPACE_RAW: &str = concat!(
+            "SELECT r.collected_at, ",
+            state_columns!("r.", ""),
+            " FROM namespace_reports r JOIN hosts h ON h.host_key = r.host_key ",
+            "WHERE h.host_id = $1 AND r.collected_at >= $2 AND r.collected_at < $3 AND r.inode = $5 ",
+            "ORDER BY r.collected_at LIMIT $4"
+        );
+        const NAMESPACE_STEPPED: &str = concat!(
+            "SELECT date_bin(make_interval(secs => $1), r.collected_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket, ",
+            state_columns!("round(avg(r.", "))::int4"),
+            " FROM namespace_reports r JOIN hosts h ON h.host_key = r.host_key ",
+            "WHERE h.host_id = $2 AND r.collected_at >= $3 AND r.collected_at < $4 AND r.inode = $6 ",
+            "GROUP BY bucket ORDER BY bucket LIMIT $5"
+        );
+        let statement = match (query.step, query.namespace) {
+            (None, None) => sqlx::query(RAW),
+            (None, Some(_)) => sqlx::query(NAMESPACE_RAW),
+            (Some(step), None) => sqlx::query(STEPPED).bind(step.as_secs_f64()),
+            (Some(step), Some(_)) => sqlx::query(NAMESPACE_STEPPED).bind(step.as_secs_f64()),
         };
-        let rows = statement
+        let statement = statement
             .bind(host.as_str())
             .bind(query.from)
             .bind(query.to)
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(i64::from(query.limit));
+        let statement = match query.namespace {
+            Some(inode) => statement.bind(i64::try_from(inode).unwrap_or(i64::MAX)),
+            None => statement,
+        };
+        let rows = statement.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let time: DateTime<Utc> = row.try_get(0)?;
@@ -324,39 +449,59 @@ async fn register(
 async fn record_sysctl_changes(
     tx: &mut Transaction<'_, Postgres>,
     host_key: i64,
+    scope: SysctlScope,
     observed_at: DateTime<Utc>,
     observed: &SysctlValues,
 ) -> Result<(), StorageError> {
-    let current = current_sysctls(&mut **tx, host_key).await?;
+    let current = current_sysctls(&mut **tx, host_key, scope).await?;
     for (name, value) in observed {
         if current.get(name) == Some(value) {
             continue;
         }
-        sqlx::query(
-            "INSERT INTO sysctl_changes (host_key, name, value, changed_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(host_key)
-        .bind(name)
-        .bind(value.as_deref())
-        .bind(observed_at)
-        .execute(&mut **tx)
-        .await?;
+        let insert = match scope {
+            SysctlScope::Host => sqlx::query(
+                "INSERT INTO sysctl_changes (host_key, name, value, changed_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(host_key),
+            SysctlScope::Namespace(_) => sqlx::query(
+                "INSERT INTO namespace_sysctl_changes (host_key, inode, name, value, changed_at) \
+                 VALUES ($1, $5, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(host_key),
+        };
+        let insert = insert.bind(name).bind(value.as_deref()).bind(observed_at);
+        let insert = match scope {
+            SysctlScope::Host => insert,
+            SysctlScope::Namespace(inode) => insert.bind(inode),
+        };
+        insert.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-async fn current_sysctls<'e, E>(executor: E, host_key: i64) -> Result<SysctlValues, StorageError>
+async fn current_sysctls<'e, E>(
+    executor: E,
+    host_key: i64,
+    scope: SysctlScope,
+) -> Result<SysctlValues, StorageError>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT DISTINCT ON (name) name, value FROM sysctl_changes WHERE host_key = $1 \
-         ORDER BY name, changed_at DESC",
-    )
-    .bind(host_key)
-    .fetch_all(executor)
-    .await?;
+    let query = match scope {
+        SysctlScope::Host => sqlx::query_as(
+            "SELECT DISTINCT ON (name) name, value FROM sysctl_changes WHERE host_key = $1 \
+             ORDER BY name, changed_at DESC",
+        )
+        .bind(host_key),
+        SysctlScope::Namespace(inode) => sqlx::query_as(
+            "SELECT DISTINCT ON (name) name, value FROM namespace_sysctl_changes \
+             WHERE host_key = $1 AND inode = $2 ORDER BY name, changed_at DESC",
+        )
+        .bind(host_key)
+        .bind(inode),
+    };
+    let rows: Vec<(String, Option<String>)> = query.fetch_all(executor).await?;
     Ok(rows.into_iter().collect())
 }
 

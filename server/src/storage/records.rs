@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sockfleet_domain::{
-    AgentHello, Breakdowns, FamilyCounts, HostId, KernelCounters, Report, SysctlValues,
+    AgentHello, Breakdowns, FamilyCounts, HostId, KernelCounters, NamespaceIdentity, Report,
+    SysctlValues,
 };
 
 /// One agent stream as storage sees it: the hello, and the database keys of its host and run once the
@@ -87,6 +88,30 @@ pub struct HostDetail {
     pub kernel: Option<KernelCounters>,
     /// The breakdowns of the latest report that carried them.
     pub breakdowns: Option<Breakdowns>,
+    /// The host's other network namespaces, most recently seen first.
+    pub namespaces: Vec<NamespaceOverview>,
+}
+
+/// One of a host's other network namespaces, with its latest report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamespaceOverview {
+    pub inode: u64,
+    #[serde(flatten)]
+    pub identity: NamespaceIdentity,
+    pub first_seen: DateTime<Utc>,
+    /// Collection time of the latest report that included the namespace.
+    pub last_seen: Option<DateTime<Utc>>,
+    pub states: Option<FamilyCounts>,
+    pub sysctls: SysctlValues,
+    pub kernel: Option<KernelCounters>,
+    pub breakdowns: Option<Breakdowns>,
+}
+
+/// Whose sysctls: the host's own namespace or one of its other namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SysctlScope {
+    Host,
+    Namespace(i64),
 }
 
 /// One recorded value of a sysctl: the first one seen, or a change.
@@ -106,6 +131,8 @@ pub struct SeriesQuery {
     pub to: DateTime<Utc>,
     /// Average the counts over buckets of this length; `None` returns every report.
     pub step: Option<Duration>,
+    /// The counts of this network namespace (by inode) instead of the host's own.
+    pub namespace: Option<u64>,
     pub limit: u32,
 }
 

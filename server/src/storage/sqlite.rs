@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sockfleet_domain::{HostId, SysctlValues};
+use sockfleet_domain::{Breakdowns, HostId, KernelCounters, NamespaceIdentity, SysctlValues};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -14,11 +14,11 @@ use sqlx::types::Json;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::columns::{kernel_columns, state_columns};
-use super::records::{AgentSession, CommitBookkeeping, RunKeys};
+use super::records::{AgentSession, CommitBookkeeping, RunKeys, SysctlScope};
 use super::rows::{count_values, family_counts, kernel_counters, kernel_values};
 use super::{
-    HostDetail, HostOverview, HostPage, IncomingReport, SeriesPoint, SeriesQuery, StorageError,
-    Store, SysctlChange,
+    HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview, SeriesPoint,
+    SeriesQuery, StorageError, Store, SysctlChange,
 };
 
 /// Storage in one SQLite file (WAL mode, fully synchronous commits so an acknowledged report survives a
@@ -44,6 +44,52 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
+    }
+
+    /// The host's other namespaces with their latest report, most recently seen first.
+    async fn namespaces(&self, host_key: i64) -> Result<Vec<NamespaceOverview>, StorageError> {
+        const SQL: &str = concat!(
+            "SELECT n.inode, n.name, n.container_id, n.pod, n.pid, n.comm, n.first_seen, r.collected_at, ",
+            state_columns!("r.", ""),
+            ", r.kernel, r.breakdowns",
+            " FROM namespaces n LEFT JOIN namespace_reports r ON r.host_key = n.host_key ",
+            "AND r.inode = n.inode AND r.collected_at = (SELECT MAX(collected_at) FROM namespace_reports ",
+            "WHERE host_key = n.host_key AND inode = n.inode) ",
+            "WHERE n.host_key = ?1 GROUP BY n.inode ORDER BY r.collected_at DESC, n.inode LIMIT 1000"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(host_key)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut namespaces = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let inode: i64 = row.try_get(0)?;
+            let pid: Option<i64> = row.try_get(4)?;
+            let kernel: Option<Json<KernelCounters>> = row.try_get(30)?;
+            let breakdowns: Option<Json<Breakdowns>> = row.try_get(31)?;
+            namespaces.push(NamespaceOverview {
+                inode: u64::try_from(inode)
+                    .map_err(|_| StorageError::Corrupt(format!("namespace inode {inode}")))?,
+                identity: NamespaceIdentity {
+                    name: row.try_get(1)?,
+                    container_id: row.try_get(2)?,
+                    pod: row.try_get(3)?,
+                    pid: pid.and_then(|pid| u32::try_from(pid).ok()),
+                    comm: row.try_get(5)?,
+                },
+                first_seen: millis_to_time(row.try_get(6)?)?,
+                last_seen: row
+                    .try_get::<Option<i64>, _>(7)?
+                    .map(millis_to_time)
+                    .transpose()?,
+                states: family_counts::<_, i64>(row, 8)?,
+                sysctls: current_sysctls(&self.pool, host_key, SysctlScope::Namespace(inode))
+                    .await?,
+                kernel: kernel.map(|Json(kernel)| kernel),
+                breakdowns: breakdowns.map(|Json(breakdowns)| breakdowns),
+            });
+        }
+        Ok(namespaces)
     }
 
     async fn host_overviews(
@@ -107,6 +153,12 @@ impl Store for SqliteStore {
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ",
             "?19, ?20) ON CONFLICT (run_key, sequence) DO NOTHING"
         );
+        const INSERT_NAMESPACE_REPORT: &str = concat!(
+            "INSERT INTO namespace_reports (run_key, sequence, inode, host_key, collected_at, ",
+            state_columns!("", ""),
+            ", kernel, breakdowns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) ",
+            "ON CONFLICT (run_key, sequence, inode) DO NOTHING"
+        );
         let mut tx = self.pool.begin().await?;
         let mut bookkeeping = CommitBookkeeping::default();
         for incoming in reports {
@@ -161,9 +213,65 @@ impl Store for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
             }
-            if !report.sysctls.is_empty() {
-                record_sysctl_changes(&mut tx, keys.host, report.collected_at, &report.sysctls)
+            for namespace in &report.namespaces {
+                let inode = i64::try_from(namespace.inode).unwrap_or(i64::MAX);
+                let identity = &namespace.identity;
+                sqlx::query(
+                    "INSERT INTO namespaces (host_key, inode, name, container_id, pod, pid, comm, first_seen) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (host_key, inode) DO UPDATE SET name = excluded.name, \
+                     container_id = excluded.container_id, pod = excluded.pod, pid = excluded.pid, \
+                     comm = excluded.comm \
+                     WHERE namespaces.name IS DISTINCT FROM excluded.name \
+                     OR namespaces.container_id IS DISTINCT FROM excluded.container_id \
+                     OR namespaces.pod IS DISTINCT FROM excluded.pod \
+                     OR namespaces.pid IS DISTINCT FROM excluded.pid \
+                     OR namespaces.comm IS DISTINCT FROM excluded.comm",
+                )
+                .bind(keys.host)
+                .bind(inode)
+                .bind(identity.name.as_deref())
+                .bind(identity.container_id.as_deref())
+                .bind(identity.pod.as_deref())
+                .bind(identity.pid.map(i64::from))
+                .bind(identity.comm.as_deref())
+                .bind(report.collected_at.timestamp_millis())
+                .execute(&mut *tx)
+                .await?;
+                let mut insert = sqlx::query(INSERT_NAMESPACE_REPORT)
+                    .bind(keys.run)
+                    .bind(i64::try_from(report.sequence).unwrap_or(i64::MAX))
+                    .bind(inode)
+                    .bind(keys.host)
+                    .bind(report.collected_at.timestamp_millis());
+                for count in count_values(&namespace.states) {
+                    insert = insert.bind(count);
+                }
+                insert
+                    .bind(namespace.kernel.as_ref().map(Json))
+                    .bind(namespace.breakdowns.as_ref().map(Json))
+                    .execute(&mut *tx)
                     .await?;
+                if !namespace.sysctls.is_empty() {
+                    record_sysctl_changes(
+                        &mut tx,
+                        keys.host,
+                        SysctlScope::Namespace(inode),
+                        report.collected_at,
+                        &namespace.sysctls,
+                    )
+                    .await?;
+                }
+            }
+            if !report.sysctls.is_empty() {
+                record_sysctl_changes(
+                    &mut tx,
+                    keys.host,
+                    SysctlScope::Host,
+                    report.collected_at,
+                    &report.sysctls,
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -193,7 +301,7 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let sysctls = current_sysctls(&self.pool, host_key).await?;
+        let sysctls = current_sysctls(&self.pool, host_key, SysctlScope::Host).await?;
         let dropped: Option<i64> = sqlx::query_scalar(
             "SELECT dropped_reports FROM agent_runs WHERE host_key = ?1 ORDER BY run_key DESC LIMIT 1",
         )
@@ -218,7 +326,9 @@ impl Store for SqliteStore {
         .bind(host_key)
         .fetch_optional(&self.pool)
         .await?;
+        let namespaces = self.namespaces(host_key).await?;
         Ok(Some(HostDetail {
+            namespaces,
             overview,
             sysctls,
             kernel,
@@ -263,18 +373,32 @@ impl Store for SqliteStore {
             "WHERE h.host_id = ?2 AND r.collected_at >= ?3 AND r.collected_at < ?4 ",
             "GROUP BY bucket ORDER BY bucket LIMIT ?5"
         );
+        const NAMESPACE_SQL: &str = concat!(
+            "SELECT (r.collected_at / ?1) * ?1 AS bucket, ",
+            state_columns!("CAST(round(avg(r.", ")) AS INTEGER)"),
+            " FROM namespace_reports r JOIN hosts h ON h.host_key = r.host_key ",
+            "WHERE h.host_id = ?2 AND r.collected_at >= ?3 AND r.collected_at < ?4 AND r.inode = ?6 ",
+            "GROUP BY bucket ORDER BY bucket LIMIT ?5"
+        );
         // Without a step every report is its own bucket: a 1 ms bucket holds one report per host.
         let step_ms = query.step.map_or(1, |step| {
             i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1)
         });
-        let rows = sqlx::query(SQL)
+        let statement = match query.namespace {
+            None => sqlx::query(SQL),
+            Some(_) => sqlx::query(NAMESPACE_SQL),
+        };
+        let statement = statement
             .bind(step_ms)
             .bind(host.as_str())
             .bind(query.from.timestamp_millis())
             .bind(query.to.timestamp_millis())
-            .bind(i64::from(query.limit))
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(i64::from(query.limit));
+        let statement = match query.namespace {
+            Some(inode) => statement.bind(i64::try_from(inode).unwrap_or(i64::MAX)),
+            None => statement,
+        };
+        let rows = statement.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let time = millis_to_time(row.try_get(0)?)?;
@@ -326,39 +450,56 @@ async fn register(
 async fn record_sysctl_changes(
     tx: &mut Transaction<'_, Sqlite>,
     host_key: i64,
+    scope: SysctlScope,
     observed_at: DateTime<Utc>,
     observed: &SysctlValues,
 ) -> Result<(), StorageError> {
-    let current = current_sysctls(&mut **tx, host_key).await?;
+    let current = current_sysctls(&mut **tx, host_key, scope).await?;
     for (name, value) in observed {
         if current.get(name) == Some(value) {
             continue;
         }
-        sqlx::query(
-            "INSERT INTO sysctl_changes (host_key, name, value, changed_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(host_key)
-        .bind(name)
-        .bind(value.as_deref())
-        .bind(observed_at.timestamp_millis())
-        .execute(&mut **tx)
-        .await?;
+        let insert = match scope {
+            SysctlScope::Host => sqlx::query(
+                "INSERT INTO sysctl_changes (host_key, name, value, changed_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .bind(host_key),
+            SysctlScope::Namespace(_) => sqlx::query(
+                "INSERT INTO namespace_sysctl_changes (host_key, inode, name, value, changed_at) \
+                 VALUES (?1, ?5, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .bind(host_key),
+        };
+        let insert = insert
+            .bind(name)
+            .bind(value.as_deref())
+            .bind(observed_at.timestamp_millis());
+        let insert = match scope {
+            SysctlScope::Host => insert,
+            SysctlScope::Namespace(inode) => insert.bind(inode),
+        };
+        insert.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-async fn current_sysctls<'e, E>(executor: E, host_key: i64) -> Result<SysctlValues, StorageError>
+async fn current_sysctls<'e, E>(
+    executor: E,
+    host_key: i64,
+    scope: SysctlScope,
+) -> Result<SysctlValues, StorageError>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    // SQLite takes the bare columns of an aggregate query from the row holding the MAX.
-    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT name, value, MAX(changed_at) FROM sysctl_changes WHERE host_key = ?1 GROUP BY name",
-    )
-    .bind(host_key)
-    .fetch_all(executor)
-    .await?;
+    let query = match scope {
+        SysctlScope::Host => sqlx::query_as("SELECT name, value, MAX(changed_at) FROM sysctl_changes WHERE host_key = ?1 GROUP BY name").bind(host_key),
+        SysctlScope::Namespace(inode) => sqlx::query_as("SELECT name, value, MAX(changed_at) FROM namespace_sysctl_changes \
+             WHERE host_key = ?1 AND inode = ?2 GROUP BY name")
+            .bind(host_key)
+            .bind(inode),
+    };
+    let rows: Vec<(String, Option<String>, i64)> = query.fetch_all(executor).await?;
     Ok(rows
         .into_iter()
         .map(|(name, value, _)| (name, value))

@@ -186,17 +186,17 @@ async fn bad_streams_are_refused_clearly_and_change_nothing() {
     assert_status(&status, Code::InvalidArgument, &["report.ipv6"], case);
     assert_nothing_stored(&pool, case).await;
 
-    let case = "a message over 1 MiB";
+    let case = "a message over 4 MiB";
     let mut oversized = plain_report(1, Utc::now());
     oversized.sysctls.push(v1::Sysctl {
         name: "net.ipv4.ip_local_reserved_ports".to_owned(),
-        value: Some("1,".repeat(1024 * 1024)),
+        value: Some("1,".repeat(2 * 1024 * 1024 + 1)),
     });
     let status = refusal_after_welcome(&url, "bad-host", report_message(oversized)).await;
     assert_status(
         &status,
         Code::ResourceExhausted,
-        &["too large", "1048576"],
+        &["too large", "4194304"],
         case,
     );
     assert_nothing_stored(&pool, case).await;
@@ -387,7 +387,7 @@ async fn bad_streams_do_not_disturb_a_good_stream() {
             let mut oversized = plain_report(1, Utc::now());
             oversized.sysctls.push(v1::Sysctl {
                 name: "net.ipv4.ip_local_reserved_ports".to_owned(),
-                value: Some("x".repeat(2 * 1024 * 1024)),
+                value: Some("x".repeat(5 * 1024 * 1024)),
             });
             let status = refusal_after_welcome(&url, "noisy-host", report_message(oversized)).await;
             assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");

@@ -701,3 +701,84 @@ async fn wrong_method_gets_a_json_error() {
         .unwrap_or_else(|error| panic!("405 body {body:?} is not JSON: {error}"));
     assert_error(&(405, json), 405, &[], "POST /api/v1/hosts");
 }
+
+#[tokio::test]
+async fn namespaces_show_on_the_host_and_have_their_own_series() {
+    let database = TestDatabase::create().await;
+    let server = ServerProcess::start(&database.url, "127.0.0.1:0", &[]);
+    let base = Utc::now() - TimeDelta::minutes(5);
+    let inode = 4_026_532_999_u64;
+    let reports: Vec<v1::Report> = (1..=2u64)
+        .map(|sequence| {
+            let at = base + TimeDelta::seconds(10 * sequence as i64);
+            let mut sent = report(sequence, at, counts(1, 2, 0, 3), counts(0, 0, 0, 1), &[]);
+            sent.namespaces.push(v1::NamespaceReport {
+                inode,
+                identity: Some(v1::NamespaceIdentity {
+                    name: "blue".into(),
+                    pid: 77,
+                    comm: "envoy".into(),
+                    ..Default::default()
+                }),
+                ipv4: Some(counts(5, 0, sequence, 2)),
+                ipv6: Some(counts(0, 0, 0, 0)),
+                sysctls: vec![v1::Sysctl {
+                    name: "net.ipv4.tcp_tw_reuse".into(),
+                    value: Some("1".into()),
+                }],
+                ..Default::default()
+            });
+            sent
+        })
+        .collect();
+    deliver(&server.url(), hello("ns-host", "run-ns"), reports).await;
+
+    let (status, body) = get_json(&format!("{}/api/v1/hosts/ns-host", server.url())).await;
+    assert_eq!(status, 200, "{body}");
+    let namespace = &body["namespaces"][0];
+    assert_eq!(namespace["inode"], inode, "{body}");
+    assert_eq!(namespace["name"], "blue");
+    assert_eq!(namespace["pid"], 77);
+    assert_eq!(namespace["comm"], "envoy");
+    assert_eq!(
+        namespace["states"]["ipv4"],
+        counts_json(&counts(5, 0, 2, 2))
+    );
+    assert_eq!(namespace["sysctls"]["net.ipv4.tcp_tw_reuse"], "1");
+    assert_eq!(
+        body["states"]["ipv4"],
+        counts_json(&counts(1, 2, 0, 3)),
+        "host counts unchanged"
+    );
+
+    let from = query_time(base);
+    let (status, series) = get_json(&format!(
+        "{}/api/v1/hosts/ns-host/series?from={from}&namespace={inode}",
+        server.url()
+    ))
+    .await;
+    assert_eq!(status, 200, "{series}");
+    assert_eq!(series["namespace"], inode);
+    let close_waits: Vec<&Value> = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|point| &point["states"]["ipv4"]["close_wait"])
+        .collect();
+    assert_eq!(close_waits, vec![&json!(1), &json!(2)]);
+
+    let answer = get_json(&format!(
+        "{}/api/v1/hosts/ns-host/series?namespace=blue",
+        server.url()
+    ))
+    .await;
+    assert_error(
+        &answer,
+        400,
+        &["namespace"],
+        "a namespace must be an inode number",
+    );
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+}

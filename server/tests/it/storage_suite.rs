@@ -45,6 +45,7 @@ on_both_backends!(
     series_raw_and_stepped,
     hosts_paginate_by_id,
     drops_kernel_counters_and_breakdowns_are_recorded,
+    namespaces_are_stored_beside_the_host,
 );
 
 fn session(host: &str, run: &str) -> Arc<AgentSession> {
@@ -92,6 +93,7 @@ fn incoming(
                 .collect::<SysctlValues>(),
             kernel: None,
             breakdowns: None,
+            namespaces: Vec::new(),
         },
         dropped_reports: 0,
     }
@@ -220,6 +222,7 @@ fn raw_range(t0: DateTime<Utc>) -> SeriesQuery {
         from: t0 - TimeDelta::minutes(1),
         to: t0 + TimeDelta::minutes(10),
         step: None,
+        namespace: None,
         limit: 1000,
     }
 }
@@ -393,4 +396,122 @@ async fn drops_kernel_counters_and_breakdowns_are_recorded(store: Arc<dyn Store>
     assert_eq!(detail.dropped_reports, 5);
     assert_eq!(detail.kernel, Some(kernel), "kernel counters round-trip");
     assert_eq!(detail.breakdowns, Some(breakdowns), "breakdowns round-trip");
+}
+
+async fn namespaces_are_stored_beside_the_host(store: Arc<dyn Store>) {
+    use sockfleet_domain::{NamespaceIdentity, NamespaceReport};
+
+    let agent = session("web-1", "run-a");
+    let t0 = start();
+    let inode = 4_026_532_300;
+    let namespace = |listen: u64, fin_timeout: Option<&str>| NamespaceReport {
+        inode,
+        identity: NamespaceIdentity {
+            container_id: Some("3f2a".repeat(16)),
+            pid: Some(4242),
+            comm: Some("nginx".into()),
+            ..NamespaceIdentity::default()
+        },
+        states: {
+            let mut states = FamilyCounts::default();
+            states.ipv4.set(TcpState::Listen, listen);
+            states
+        },
+        sysctls: fin_timeout
+            .map(|value| {
+                [(
+                    "net.ipv4.tcp_fin_timeout".to_owned(),
+                    Some(value.to_owned()),
+                )]
+                .into()
+            })
+            .unwrap_or_default(),
+        kernel: None,
+        breakdowns: None,
+    };
+    let with_namespace = |sequence: u64, listen: u64, fin_timeout: Option<&str>| {
+        let mut report = incoming(
+            &agent,
+            sequence,
+            t0 + TimeDelta::seconds(10 * sequence as i64),
+            counts(1, 1),
+            &[],
+        );
+        report
+            .report
+            .namespaces
+            .push(namespace(listen, fin_timeout));
+        report
+    };
+    store
+        .commit_reports(&[with_namespace(1, 3, Some("60"))])
+        .await
+        .unwrap();
+    // Resent, then the next report with an unchanged sysctl set.
+    store
+        .commit_reports(&[
+            with_namespace(1, 3, Some("60")),
+            with_namespace(2, 4, Some("60")),
+        ])
+        .await
+        .unwrap();
+
+    let detail = store.host(&host("web-1")).await.unwrap().unwrap();
+    assert_eq!(detail.namespaces.len(), 1);
+    let listed = &detail.namespaces[0];
+    assert_eq!(listed.inode, inode);
+    assert_eq!(listed.identity.pid, Some(4242));
+    assert_eq!(listed.identity.comm.as_deref(), Some("nginx"));
+    assert_eq!(listed.last_seen, Some(t0 + TimeDelta::seconds(20)));
+    assert_eq!(listed.states.map(|s| s.ipv4.get(TcpState::Listen)), Some(4));
+    assert_eq!(
+        listed.sysctls["net.ipv4.tcp_fin_timeout"].as_deref(),
+        Some("60")
+    );
+    // The host's own counts and sysctls are untouched by the namespace's.
+    assert_eq!(detail.overview.states, Some(counts(1, 1)));
+    assert!(detail.sysctls.is_empty());
+
+    let series = store
+        .series(
+            &host("web-1"),
+            &SeriesQuery {
+                namespace: Some(inode),
+                ..raw_range(t0)
+            },
+        )
+        .await
+        .unwrap();
+    let listens: Vec<u64> = series
+        .iter()
+        .map(|p| p.states.ipv4.get(TcpState::Listen))
+        .collect();
+    assert_eq!(
+        listens,
+        vec![3, 4],
+        "one point per report, the resend stored once"
+    );
+    let stepped = store
+        .series(
+            &host("web-1"),
+            &SeriesQuery {
+                namespace: Some(inode),
+                step: Some(Duration::from_secs(3600)),
+                ..raw_range(t0)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stepped.len(), 1);
+    let other = store
+        .series(
+            &host("web-1"),
+            &SeriesQuery {
+                namespace: Some(1),
+                ..raw_range(t0)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(other.is_empty());
 }

@@ -78,6 +78,7 @@ pub fn report(
             ..Default::default()
         }),
         breakdowns: None,
+        namespaces: Vec::new(),
     }
 }
 
