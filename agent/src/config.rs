@@ -21,6 +21,10 @@ pub const MIN_BACKLOG_MEMORY: u64 = 1 << 10;
 pub const MAX_BACKLOG_MEMORY: u64 = 1 << 30;
 /// Upper bound of `--spool-max`.
 pub const MAX_SPOOL: u64 = 1 << 40;
+/// Default of `--max-namespaces`.
+pub const DEFAULT_MAX_NAMESPACES: u32 = 256;
+/// Upper bound of `--max-namespaces` (the server accepts at most 1024 namespaces per report).
+pub const MAX_NAMESPACES: u32 = 1024;
 
 /// Counts this host's TCP sockets by state and streams them, with the TCP sysctls, to a sockfleet server.
 ///
@@ -56,6 +60,20 @@ pub struct AgentArgs {
     #[arg(long, env = "SOCKFLEET_NETNS", value_name = "PATH")]
     pub netns: Option<PathBuf>,
 
+    /// Also collect in every other network namespace of the host (containers, `ip netns`), each
+    /// reported with its inode, name, container id and pod where known. Default: on when running as
+    /// root, which it needs.
+    #[arg(long, env = "SOCKFLEET_ALL_NAMESPACES", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub all_namespaces: Option<bool>,
+
+    /// Most other network namespaces collected in per collection; beyond it those with the highest
+    /// inodes are left out (and the number logged), 1-1024.
+    #[arg(long, env = "SOCKFLEET_MAX_NAMESPACES", default_value_t = DEFAULT_MAX_NAMESPACES,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_NAMESPACES)))]
+    pub max_namespaces: u32,
+
     /// Most reports kept while the server is unreachable or has not acknowledged them, in memory and
     /// spool together; the oldest are dropped beyond this (8640 = 24 h at 10 s).
     #[arg(long, env = "SOCKFLEET_BACKLOG", default_value_t = 8640, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -90,6 +108,19 @@ impl AgentArgs {
     pub fn label_map(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
     }
+
+    /// Whether to collect in every network namespace: as asked, else when running as root.
+    pub fn all_namespaces(&self) -> bool {
+        self.all_namespaces
+            .unwrap_or_else(all_namespaces_by_default)
+    }
+}
+
+/// Whether an agent collects in every network namespace unless told otherwise: when it runs as root,
+/// which entering them needs.
+pub fn all_namespaces_by_default() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Parses a collection period such as `10s` and checks it is within bounds.
@@ -240,6 +271,36 @@ mod tests {
             Some(PathBuf::from("/var/lib/sockfleet-agent"))
         );
         assert_eq!(args.spool_max, 1 << 30);
+    }
+
+    #[test]
+    fn namespace_flags() {
+        let parse = |args: &[&str]| {
+            AgentArgs::try_parse_from(
+                std::iter::once("sockfleet-agent").chain(args.iter().copied()),
+            )
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.all_namespaces, None);
+        assert_eq!(defaults.all_namespaces(), all_namespaces_by_default());
+        assert_eq!(defaults.max_namespaces, DEFAULT_MAX_NAMESPACES);
+        assert_eq!(
+            parse(&["--all-namespaces"]).unwrap().all_namespaces,
+            Some(true)
+        );
+        assert_eq!(
+            parse(&["--all-namespaces=false"]).unwrap().all_namespaces,
+            Some(false)
+        );
+        assert!(!parse(&["--all-namespaces=no"]).unwrap().all_namespaces());
+        assert!(parse(&["--all-namespaces=true"]).unwrap().all_namespaces());
+        // The flag does not swallow the next argument.
+        let args = parse(&["--all-namespaces", "--once"]).unwrap();
+        assert_eq!((args.all_namespaces, args.once), (Some(true), true));
+        assert!(parse(&["--all-namespaces=maybe"]).is_err());
+        assert_eq!(parse(&["--max-namespaces", "3"]).unwrap().max_namespaces, 3);
+        assert!(parse(&["--max-namespaces", "0"]).is_err());
+        assert!(parse(&["--max-namespaces", "1025"]).is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ fn settings_from(args: &AgentArgs) -> anyhow::Result<AgentSettings> {
             max_bytes: args.spool_max,
         }),
         top_n: args.top_n,
+        all_namespaces: args.all_namespaces(),
+        max_namespaces: args.max_namespaces as usize,
     })
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::collect::{CollectorChoice, CollectorThread};
+use crate::collect::{CollectorChoice, CollectorSettings, CollectorThread};
 use crate::identity::HostIdentity;
 use crate::stream::{
     Backlog, BacklogLimits, ReportQueue, Spool, SpoolSettings, StreamTarget, maintain_stream,
@@ -37,6 +37,10 @@ pub struct AgentSettings {
     pub spool: Option<SpoolSettings>,
     /// Entries kept in each breakdown list.
     pub top_n: TopN,
+    /// Whether to collect in every other network namespace of the host too.
+    pub all_namespaces: bool,
+    /// Most other namespaces collected in per collection (those with the lowest inodes).
+    pub max_namespaces: usize,
 }
 
 /// What a streaming run did, logged when it ends.
@@ -65,7 +69,7 @@ pub async fn snapshot_once(settings: &AgentSettings) -> anyhow::Result<Snapshot>
         sysctls: collection.sysctls,
         kernel: collection.kernel,
         breakdowns: collection.breakdowns,
-        namespaces: Vec::new(),
+        namespaces: collection.namespaces,
         kernel_release: settings.identity.kernel_release.clone(),
         collector: collector.kind(),
     })
@@ -93,6 +97,7 @@ pub async fn run_agent(
         interval = ?settings.interval,
         backlog_memory = settings.backlog_memory,
         spool = settings.spool.as_ref().map(|spool| spool.dir.display().to_string()),
+        all_namespaces = settings.all_namespaces,
         "agent started"
     );
 
@@ -142,8 +147,13 @@ fn open_backlog(settings: &AgentSettings, run_id: &str) -> anyhow::Result<Backlo
 }
 
 fn start_collector(settings: &AgentSettings) -> anyhow::Result<CollectorThread> {
-    CollectorThread::spawn(settings.collector, settings.netns.clone(), settings.top_n)
-        .context("cannot start collecting")
+    CollectorThread::spawn(CollectorSettings {
+        choice: settings.collector,
+        netns: settings.netns.clone(),
+        top_n: settings.top_n,
+        max_namespaces: settings.all_namespaces.then_some(settings.max_namespaces),
+    })
+    .context("cannot start collecting")
 }
 
 async fn collect_loop(

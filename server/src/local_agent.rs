@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use sockfleet_agent::collect::CollectorChoice;
+use sockfleet_agent::config::{DEFAULT_MAX_NAMESPACES, all_namespaces_by_default};
 use sockfleet_agent::identity::HostIdentity;
 use sockfleet_agent::run::{AgentSettings, run_agent};
 use sockfleet_agent::stream::BacklogLimits;
@@ -44,6 +45,8 @@ pub fn spawn(
             backlog_memory: BacklogLimits::DEFAULT_MEMORY_BYTES,
             spool: None,
             top_n: TopN::DEFAULT,
+            all_namespaces: all_namespaces_by_default(),
+            max_namespaces: DEFAULT_MAX_NAMESPACES as usize,
         };
         if let Err(error) = run_agent(settings, server_url(listen), shutdown).await {
             tracing::error!(error = format!("{error:#}"), "the local agent failed");

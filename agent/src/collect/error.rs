@@ -28,6 +28,8 @@ pub enum CollectError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot return to the collector's own network namespace: {0}")]
+    NamespaceReturn(#[source] io::Error),
     #[error("cannot start the collector thread: {0}")]
     ThreadStart(#[source] io::Error),
     #[error("the collector thread has stopped")]

@@ -1,12 +1,18 @@
-//! Collecting a snapshot of the host: socket-state counts and TCP sysctls.
+//! Collecting a snapshot of the host: socket-state counts and TCP sysctls, in the agent's network
+//! namespace and optionally in every other one.
 //!
 //! Collection is blocking work on kernel interfaces, and network namespaces belong to threads, so it
-//! runs on a dedicated OS thread ([`CollectorThread`]) that may live inside another namespace.
+//! runs on a dedicated OS thread ([`CollectorThread`]) that may live inside another namespace and
+//! visits the others.
 
 mod breakdown;
+mod container;
 mod error;
 mod kernel_counters;
+mod namespaces;
 mod netlink;
+mod netns;
+mod other_namespaces;
 mod process;
 mod procfs;
 mod sysctl;
@@ -19,7 +25,7 @@ pub use netlink::NetlinkCounter;
 pub use netlink::{SocketView, SocketVisitor};
 pub use procfs::count_from_proc;
 pub use sysctl::read_sysctls;
-pub use thread::{Collection, CollectorThread};
+pub use thread::{Collection, CollectorSettings, CollectorThread};
 
 use sockfleet_domain::{Collector, FamilyCounts};
 

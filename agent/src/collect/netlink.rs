@@ -175,6 +175,32 @@ impl NetlinkCounter {
         NetlinkCounter::open_preferring(&[DumpRequest::PerFamily])
     }
 
+    /// Like [`NetlinkCounter::open`], for one of many counters (one per network namespace) that take
+    /// turns with one receive buffer rather than keep one each: the probe uses `buffer`, which is
+    /// handed back, and every later walk must go through [`NetlinkCounter::with_buffer`]. Should the
+    /// open fail, `buffer` is left empty (and allocated again when next needed).
+    pub fn open_sharing(buffer: &mut Vec<u8>) -> Result<NetlinkCounter, CollectError> {
+        let mut counter = NetlinkCounter::open_preferring_with(
+            &[DumpRequest::BothFamilies, DumpRequest::PerFamily],
+            sized_buffer(std::mem::take(buffer)),
+        )?;
+        *buffer = std::mem::take(&mut counter.buffer);
+        Ok(counter)
+    }
+
+    /// Runs `work` with `buffer` as the counter's receive buffer (allocated if it is not yet), then
+    /// takes it back: how counters opened with [`NetlinkCounter::open_sharing`] walk.
+    pub fn with_buffer<R>(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        work: impl FnOnce(&mut NetlinkCounter) -> R,
+    ) -> R {
+        let own = std::mem::replace(&mut self.buffer, sized_buffer(std::mem::take(buffer)));
+        let result = work(self);
+        *buffer = std::mem::replace(&mut self.buffer, own);
+        result
+    }
+
     /// Whether a walk is one dump for both families (`TCPDIAG_GETSOCK`) rather than one
     /// `SOCK_DIAG_BY_FAMILY` dump per family.
     pub fn dumps_both_families_at_once(&self) -> bool {
@@ -184,9 +210,17 @@ impl NetlinkCounter {
     /// Opens the socket and keeps the first request form of `preferred` whose probe the kernel
     /// answers, moving on only when it refused the previous one.
     fn open_preferring(preferred: &[DumpRequest]) -> Result<NetlinkCounter, CollectError> {
+        NetlinkCounter::open_preferring_with(preferred, vec![0; DATAGRAM_BUFFER])
+    }
+
+    /// Like [`NetlinkCounter::open_preferring`], with `buffer` as the receive buffer.
+    fn open_preferring_with(
+        preferred: &[DumpRequest],
+        buffer: Vec<u8>,
+    ) -> Result<NetlinkCounter, CollectError> {
         let mut counter = NetlinkCounter {
             socket: open_socket().map_err(CollectError::NetlinkOpen)?,
-            buffer: vec![0; DATAGRAM_BUFFER],
+            buffer,
             sequence: 0,
             request: DumpRequest::PerFamily,
         };
@@ -334,6 +368,15 @@ impl NetlinkCounter {
                 Err(error) => return Err(CollectError::NetlinkIo(error)),
             }
         }
+    }
+}
+
+/// `buffer`, or a new receive buffer if it is smaller than one.
+fn sized_buffer(buffer: Vec<u8>) -> Vec<u8> {
+    if buffer.len() < DATAGRAM_BUFFER {
+        vec![0; DATAGRAM_BUFFER]
+    } else {
+        buffer
     }
 }
 
@@ -1162,6 +1205,31 @@ mod tests {
         let counts = single.count().unwrap();
         assert!(counts.ipv6.get(TcpState::Established) >= 2, "{counts:?}");
         drop((client, listener, listener6));
+    }
+
+    #[test]
+    fn live_counters_can_share_one_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut shared = Vec::new();
+        let mut first = NetlinkCounter::open_sharing(&mut shared).unwrap();
+        assert_eq!(shared.len(), DATAGRAM_BUFFER);
+        assert!(first.buffer.is_empty());
+        let mut second = NetlinkCounter::open_sharing(&mut shared).unwrap();
+        let at = shared.as_ptr();
+        for counter in [&mut first, &mut second] {
+            let counts = counter
+                .with_buffer(&mut shared, NetlinkCounter::count)
+                .unwrap();
+            assert!(counts.ipv4.get(TcpState::Listen) >= 1, "{counts:?}");
+            assert!(counter.buffer.is_empty());
+        }
+        assert_eq!(shared.as_ptr(), at, "the buffer was not reallocated");
+        // Without a buffer a walk fails instead of misreading.
+        assert!(matches!(
+            first.count(),
+            Err(CollectError::NetlinkMalformed(_))
+        ));
+        drop(listener);
     }
 
     #[test]

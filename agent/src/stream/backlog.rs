@@ -1,6 +1,6 @@
 //! The bounded store of reports the server has not acknowledged yet.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use prost::Message;
 use sockfleet_domain::{Report, SysctlValues};
@@ -45,8 +45,9 @@ pub struct Outgoing {
 ///
 /// When memory is full the oldest reports in memory move to the spool; when there is no spool, or the
 /// spool is full too, or more than [`BacklogLimits::max_reports`] are pending, the oldest are dropped and
-/// counted. A dropped report's sysctl changes are not lost: they are carried into the next pending report
-/// (unless that one has a newer value), so the server's view of the sysctls never misses a change. Where
+/// counted. A dropped report's sysctl changes (its own and each network namespace's) are not lost: they
+/// are carried into the next pending report (unless that one has a newer value), so the server's view of
+/// the sysctls never misses a change. Where
 /// that cannot be guaranteed (the next report was already sent, or a spooled record could not be read
 /// back) the next report built carries every sysctl instead.
 #[derive(Debug)]
@@ -58,7 +59,7 @@ pub struct Backlog {
     spool: Option<Spool>,
     dropped: u64,
     /// Sysctl changes of dropped reports older than every pending report, for the oldest pending one.
-    carried: SysctlValues,
+    carried: CarriedSysctls,
     /// The stream has taken every report up to this one since it last started over.
     handed_out: u64,
     full_sysctls_needed: bool,
@@ -92,7 +93,7 @@ impl Backlog {
             memory_bytes: 0,
             spool: None,
             dropped: 0,
-            carried: SysctlValues::new(),
+            carried: CarriedSysctls::default(),
             handed_out: 0,
             full_sysctls_needed: false,
             spooling: false,
@@ -167,21 +168,19 @@ impl Backlog {
 
     /// Drops a report taken from the front of memory, carrying its sysctl changes forward.
     fn drop_from_memory(&mut self, entry: Encoded) {
-        let sysctls = decode(&entry.bytes).map(|report| report.sysctls);
+        let dropped = decode(&entry.bytes);
         let spooled = self.spool.as_ref().is_some_and(|spool| !spool.is_empty());
-        match sysctls {
+        match dropped {
             // The oldest pending report overall: its changes join the carried set (newer wins).
-            Some(sysctls) if !spooled => {
-                for sysctl in sysctls {
-                    self.carried.insert(sysctl.name, sysctl.value);
-                }
-            }
+            Some(dropped) if !spooled => self.carried.absorb(dropped),
             // Older reports are in the spool: the next report in memory takes the changes.
-            Some(sysctls) => match self.memory.front_mut() {
+            Some(dropped) => match self.memory.front_mut() {
                 Some(next) => {
                     let before = next.cost();
                     if let Some(mut report) = decode(&next.bytes) {
-                        merge_older(&mut report, sysctls);
+                        let mut older = CarriedSysctls::default();
+                        older.absorb(dropped);
+                        older.merge_into(&mut report);
                         next.bytes = report.encode_to_vec().into_boxed_slice();
                     }
                     self.memory_bytes = self.memory_bytes - before + next.cost();
@@ -288,16 +287,7 @@ impl Backlog {
             }
         };
         if self.oldest_pending() == Some(found) {
-            merge_older(
-                &mut report,
-                self.carried
-                    .iter()
-                    .map(|(name, value)| v1::Sysctl {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-            );
+            self.carried.merge_into(&mut report);
         }
         report.dropped_reports = self.dropped;
         self.handed_out = found;
@@ -364,19 +354,62 @@ fn decode(bytes: &[u8]) -> Option<v1::Report> {
 }
 
 /// Adds a dropped report's sysctl changes to the carried set; they are newer than what it holds.
-fn carry_sysctls(carried: &mut SysctlValues, payload: &[u8]) {
+fn carry_sysctls(carried: &mut CarriedSysctls, payload: &[u8]) {
     if let Some(report) = decode(payload) {
-        for sysctl in report.sysctls {
-            carried.insert(sysctl.name, sysctl.value);
-        }
+        carried.absorb(report);
     }
 }
 
-/// Adds older sysctl values to `report` where it has none of its own.
-fn merge_older(report: &mut v1::Report, older: Vec<v1::Sysctl>) {
-    for sysctl in older {
-        if !report.sysctls.iter().any(|own| own.name == sysctl.name) {
-            report.sysctls.push(sysctl);
+/// Sysctl changes of dropped reports: the host's, and each network namespace's by inode.
+#[derive(Debug, Default)]
+struct CarriedSysctls {
+    host: SysctlValues,
+    namespaces: BTreeMap<u64, SysctlValues>,
+}
+
+impl CarriedSysctls {
+    /// Takes the changes of a dropped report, newer than those held.
+    fn absorb(&mut self, report: v1::Report) {
+        for sysctl in report.sysctls {
+            self.host.insert(sysctl.name, sysctl.value);
+        }
+        for namespace in report.namespaces {
+            if namespace.sysctls.is_empty() {
+                continue;
+            }
+            let held = self.namespaces.entry(namespace.inode).or_default();
+            for sysctl in namespace.sysctls {
+                held.insert(sysctl.name, sysctl.value);
+            }
+        }
+    }
+
+    /// Adds the values held to the newer `report` where it has none of its own. A namespace the
+    /// report does not have is left out: it was gone when the report was built, so the next report
+    /// that has it again carries all its sysctls.
+    fn merge_into(&self, report: &mut v1::Report) {
+        merge_older(&mut report.sysctls, &self.host);
+        for namespace in &mut report.namespaces {
+            if let Some(older) = self.namespaces.get(&namespace.inode) {
+                merge_older(&mut namespace.sysctls, older);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.host.clear();
+        self.namespaces.clear();
+    }
+}
+
+/// Adds older sysctl values to `sysctls` where it has none of its own.
+fn merge_older(sysctls: &mut Vec<v1::Sysctl>, older: &SysctlValues) {
+    for (name, value) in older {
+        if !sysctls.iter().any(|own| own.name == *name) {
+            sysctls.push(v1::Sysctl {
+                name: name.clone(),
+                value: value.clone(),
+            });
         }
     }
 }
@@ -388,7 +421,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use chrono::Utc;
-    use sockfleet_domain::{Breakdowns, DestinationUse, FamilyCounts, SysctlValues};
+    use sockfleet_domain::{
+        Breakdowns, DestinationUse, FamilyCounts, NamespaceIdentity, NamespaceReport, SysctlValues,
+    };
 
     use super::super::spool::SpoolSettings;
     use super::super::spool::tests::TempDir;
@@ -506,6 +541,99 @@ mod tests {
         // Once the report carrying them is committed, they are not sent again.
         backlog.acknowledge(2);
         assert!(sysctls(&backlog.next_after(0).unwrap()).is_empty());
+    }
+
+    /// A report with network namespaces, each with the sysctls given.
+    fn with_namespaces(sequence: u64, namespaces: &[(u64, &[(&str, &str)])]) -> Report {
+        Report {
+            namespaces: namespaces
+                .iter()
+                .map(|(inode, values)| NamespaceReport {
+                    inode: *inode,
+                    identity: NamespaceIdentity::default(),
+                    states: FamilyCounts::default(),
+                    sysctls: report(0, values).sysctls,
+                    kernel: None,
+                    breakdowns: None,
+                })
+                .collect(),
+            ..report(sequence, &[])
+        }
+    }
+
+    fn namespace_sysctls(outgoing: &Outgoing, inode: u64) -> BTreeMap<String, Option<String>> {
+        let namespace = outgoing
+            .report
+            .namespaces
+            .iter()
+            .find(|namespace| namespace.inode == inode)
+            .unwrap_or_else(|| panic!("no namespace {inode} in {:?}", outgoing.report));
+        namespace
+            .sysctls
+            .iter()
+            .map(|sysctl| (sysctl.name.clone(), sysctl.value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn dropped_reports_keep_each_namespaces_sysctl_changes() {
+        let mut backlog = memory_only(2);
+        backlog.push(&with_namespaces(
+            1,
+            &[(7, &[("a", "1"), ("b", "1")]), (9, &[("a", "9")])],
+        ));
+        backlog.push(&with_namespaces(
+            2,
+            &[(7, &[("b", "2")]), (11, &[("a", "11")])],
+        ));
+        backlog.push(&with_namespaces(
+            3,
+            &[(7, &[("a", "3")]), (9, &[("a", "9")])],
+        ));
+        assert_eq!(backlog.dropped(), 1);
+        let next = backlog.next_after(0).unwrap();
+        assert_eq!(next.sequence, 2);
+        assert!(sysctls(&next).is_empty(), "nothing carried into the host's");
+        let seven = namespace_sysctls(&next, 7);
+        assert_eq!(seven["a"].as_deref(), Some("1"));
+        assert_eq!(seven["b"].as_deref(), Some("2"), "newer value wins");
+        assert_eq!(namespace_sysctls(&next, 11).len(), 1);
+        // Namespace 9 is not in report 2: it was gone, and report 3 carries all its sysctls anyway.
+        assert_eq!(next.report.namespaces.len(), 2);
+        assert_eq!(
+            namespace_sysctls(&backlog.next_after(2).unwrap(), 7).len(),
+            1
+        );
+        assert!(!backlog.take_full_sysctls_request());
+        backlog.acknowledge(2);
+        let third = backlog.next_after(0).unwrap();
+        assert_eq!(namespace_sysctls(&third, 7).len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_report_in_front_of_a_spool_carries_namespace_changes_into_the_next() {
+        let dir = TempDir::new("namespaces");
+        let mut backlog = spooled(&dir, 2_500, 64 << 10);
+        backlog.push(&sized(1, 1000));
+        backlog.push(&sized(2, 1000));
+        backlog.push(&sized(3, 1000));
+        assert!(backlog.spooled() >= 1);
+        // Too large for the spool: dropped, its namespace changes go into the next in memory.
+        backlog.push(&Report {
+            namespaces: with_namespaces(0, &[(7, &[("a", "4")])]).namespaces,
+            ..sized(4, 70_000)
+        });
+        backlog.push(&with_namespaces(5, &[(7, &[("b", "5")])]));
+        backlog.push(&sized(6, 10));
+        assert_eq!(backlog.dropped(), 1);
+        let fifth = std::iter::successors(backlog.next_after(0), |previous| {
+            backlog.next_after(previous.sequence)
+        })
+        .find(|outgoing| outgoing.sequence == 5)
+        .unwrap();
+        let seven = namespace_sysctls(&fifth, 7);
+        assert_eq!(seven["a"].as_deref(), Some("4"));
+        assert_eq!(seven["b"].as_deref(), Some("5"));
     }
 
     #[test]

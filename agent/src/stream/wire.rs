@@ -3,10 +3,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use chrono::{DateTime, Utc};
-use sockfleet_domain::{Attribution, Breakdowns, KernelCounters, StateCounts};
+use sockfleet_domain::{
+    Attribution, Breakdowns, KernelCounters, NamespaceIdentity, NamespaceReport, Report,
+    StateCounts, SysctlValues,
+};
 use sockfleet_proto::v1;
-
-use sockfleet_domain::Report;
 
 /// The protobuf form of a report, with `dropped_reports` left at 0 (it is filled in when the report is
 /// sent).
@@ -16,18 +17,11 @@ pub fn report_proto(report: &Report) -> v1::Report {
         collected_at: Some(timestamp(report.collected_at)),
         ipv4: Some(state_counts(&report.states.ipv4)),
         ipv6: Some(state_counts(&report.states.ipv6)),
-        sysctls: report
-            .sysctls
-            .iter()
-            .map(|(name, value)| v1::Sysctl {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        sysctls: sysctls(&report.sysctls),
         dropped_reports: 0,
         kernel: report.kernel.as_ref().map(kernel_counters),
         breakdowns: report.breakdowns.as_ref().map(breakdowns),
-        namespaces: Vec::new(),
+        namespaces: report.namespaces.iter().map(namespace_report).collect(),
     }
 }
 
@@ -35,6 +29,40 @@ pub fn report_proto(report: &Report) -> v1::Report {
 pub fn report_message(report: v1::Report) -> v1::AgentMessage {
     v1::AgentMessage {
         body: Some(v1::agent_message::Body::Report(report)),
+    }
+}
+
+fn sysctls(values: &SysctlValues) -> Vec<v1::Sysctl> {
+    values
+        .iter()
+        .map(|(name, value)| v1::Sysctl {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn namespace_report(namespace: &NamespaceReport) -> v1::NamespaceReport {
+    v1::NamespaceReport {
+        inode: namespace.inode,
+        identity: Some(namespace_identity(&namespace.identity)),
+        ipv4: Some(state_counts(&namespace.states.ipv4)),
+        ipv6: Some(state_counts(&namespace.states.ipv6)),
+        sysctls: sysctls(&namespace.sysctls),
+        kernel: namespace.kernel.as_ref().map(kernel_counters),
+        breakdowns: namespace.breakdowns.as_ref().map(breakdowns),
+    }
+}
+
+/// Unknown names travel as empty strings and an unknown pid as 0.
+fn namespace_identity(identity: &NamespaceIdentity) -> v1::NamespaceIdentity {
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    v1::NamespaceIdentity {
+        name: text(&identity.name),
+        container_id: text(&identity.container_id),
+        pod: text(&identity.pod),
+        pid: identity.pid.unwrap_or(0),
+        comm: text(&identity.comm),
     }
 }
 

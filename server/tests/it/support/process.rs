@@ -107,12 +107,19 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `sockfleet-agent --server URL` with extra flags.
+    /// Starts `sockfleet-agent --server URL` with extra flags. Other network namespaces are left out
+    /// (`--all-namespaces=false`): they belong to whatever else runs on the machine.
     pub fn start(server_url: &str, extra: &[&str]) -> AgentProcess {
         let log =
             std::env::temp_dir().join(format!("sockfleet-agent-{}.log", rand::random::<u64>()));
         let child = Command::new(agent_binary())
-            .args(["--server", server_url, "--log", "debug"])
+            .args([
+                "--server",
+                server_url,
+                "--log",
+                "debug",
+                "--all-namespaces=false",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("agent log file"))
