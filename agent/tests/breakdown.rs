@@ -763,3 +763,124 @@ fn cost_with_twenty_thousand_sockets() {
         drop(held);
     });
 }
+
+/// The cheap path (threshold lowered to [`CHEAP_THRESHOLD`]): TIME_WAIT from sockstat minus the
+/// orphaned FIN_WAIT2 minisockets. Its total must equal `ss`'s, every other state per family too; a
+/// full dump runs every sixth collection.
+#[test]
+fn cheap_collections_count_time_wait_as_ss_does() {
+    const CHEAP_THRESHOLD: u64 = 50;
+    const TIME_WAIT_V4: usize = 300;
+    const TIME_WAIT_V6: usize = 30;
+    const MORE_TIME_WAIT_V4: usize = 40;
+    const ORPHANS: usize = 20;
+    IsolatedNamespace::new().run(|| {
+        let v4 = TcpListener::bind("127.0.0.2:0").unwrap();
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let make_time_wait = |listener: &TcpListener, count: usize| {
+            for _ in 0..count {
+                let (client, server) = connect_pair(listener);
+                drop(client);
+                drop(server);
+            }
+        };
+        make_time_wait(&v4, TIME_WAIT_V4);
+        make_time_wait(&v6, TIME_WAIT_V6);
+        // Clients that closed first while their peers hold on: orphaned FIN_WAIT2 (time-wait
+        // minisockets, which sockstat counts as `tw`) facing CLOSE_WAIT.
+        let held: Vec<TcpStream> = (0..ORPHANS)
+            .map(|_| {
+                let (client, server) = connect_pair(&v4);
+                drop(client);
+                server
+            })
+            .collect();
+        let mut expected = FamilyCounts::default();
+        expected.ipv4.set(TcpState::Listen, 1);
+        expected.ipv6.set(TcpState::Listen, 1);
+        expected.ipv4.set(TcpState::TimeWait, TIME_WAIT_V4 as u64);
+        expected.ipv6.set(TcpState::TimeWait, TIME_WAIT_V6 as u64);
+        expected.ipv4.set(TcpState::FinWait2, ORPHANS as u64);
+        expected.ipv4.set(TcpState::CloseWait, ORPHANS as u64);
+        wait_until_settled(&expected);
+
+        // The rule the cheap path relies on: ss shows orphaned FIN_WAIT2 sockets with the time-wait
+        // timer (`idiag_timer == 3`).
+        let fin_wait2 = run(Command::new("ss").args(["-Htano", "state", "fin-wait-2"]));
+        let minisockets = fin_wait2
+            .lines()
+            .filter(|line| line.contains("timer:(timewait"))
+            .count();
+        assert_eq!(minisockets, ORPHANS, "{fin_wait2}");
+
+        let ss_time_wait = || {
+            run(Command::new("ss").args(["-Htan", "state", "time-wait"]))
+                .lines()
+                .count() as u64
+        };
+        let without_time_wait = |counts: &FamilyCounts| {
+            let mut counts = *counts;
+            counts.ipv4.set(TcpState::TimeWait, 0);
+            counts.ipv6.set(TcpState::TimeWait, 0);
+            counts
+        };
+        let sysctls = read_sysctls().unwrap();
+        let mut counter = NetlinkCounter::open().unwrap();
+        let mut collector =
+            BreakdownCollector::with_cheap_path_threshold(TopN::DEFAULT, CHEAP_THRESHOLD);
+        let mut walks = String::new();
+        let mut full_destinations = None;
+        for collection in 0..8 {
+            if collection == 3 {
+                make_time_wait(&v4, MORE_TIME_WAIT_V4);
+                expected.ipv4.set(
+                    TcpState::TimeWait,
+                    (TIME_WAIT_V4 + MORE_TIME_WAIT_V4) as u64,
+                );
+                wait_until_settled(&expected);
+            }
+            let cheap = collector.next_is_cheap();
+            walks.push(if cheap { 'c' } else { 'F' });
+            let collected = collector
+                .collect(&mut counter, &sysctls, Utc::now())
+                .unwrap();
+            let ss = ss_counts();
+            let states = &collected.states;
+            let time_wait =
+                states.ipv4.get(TcpState::TimeWait) + states.ipv6.get(TcpState::TimeWait);
+            assert_eq!(
+                time_wait,
+                ss_time_wait(),
+                "collection {collection}: {}",
+                show(states)
+            );
+            assert_eq!(
+                show(&without_time_wait(states)),
+                show(&without_time_wait(&ss)),
+                "collection {collection}"
+            );
+            let destinations = time_wait_per_destination(&collected.breakdowns.destinations);
+            // The report says when its TIME_WAIT split and destinations were last measured.
+            assert_eq!(
+                collected.breakdowns.time_wait_detail_from.is_some(),
+                cheap,
+                "collection {collection}"
+            );
+            if !cheap {
+                // A full dump is exact, per family and per destination.
+                assert_eq!(show(states), show(&ss), "collection {collection}");
+                assert_eq!(destinations, ss_time_wait_per_destination());
+                full_destinations = Some(destinations);
+            } else {
+                if collection < 3 {
+                    // Nothing changed since the full dump: its split is still right.
+                    assert_eq!(show(states), show(&ss), "collection {collection}");
+                }
+                // Per destination, TIME_WAIT is the full dump's, carried over.
+                assert_eq!(Some(destinations), full_destinations.clone());
+            }
+        }
+        assert_eq!(walks, "FcccccFc");
+        drop((held, v4, v6));
+    });
+}

@@ -109,6 +109,12 @@ pub struct Breakdowns {
     pub attribution: Attribution,
     /// How many entries each list left out.
     pub omitted: Omitted,
+    /// `None` when this collection measured TIME_WAIT per family and per destination. Otherwise the
+    /// time of the earlier full collection that the IPv4/IPv6 split of TIME_WAIT and the destinations'
+    /// TIME_WAIT come from: on hosts with very many TIME_WAIT sockets the agent takes the current
+    /// TIME_WAIT total from `/proc/net/sockstat` on most collections (exact) and walks them only on some.
+    #[serde(default)]
+    pub time_wait_detail_from: Option<DateTime<Utc>>,
 }
 
 /// Sockets to one destination `(local IP, remote IP, remote port)` whose local port is an ephemeral
@@ -230,6 +236,7 @@ impl Breakdowns {
             listeners: Vec::new(),
             attribution: Attribution::Complete,
             omitted: Omitted::default(),
+            time_wait_detail_from: None,
         }
     }
 
@@ -331,6 +338,7 @@ mod tests {
                 destinations: 4,
                 ..Omitted::default()
             },
+            time_wait_detail_from: None,
         }
     }
 

@@ -230,5 +230,6 @@ fn breakdowns(breakdowns: &Breakdowns) -> v1::Breakdowns {
             close_wait_processes: breakdowns.omitted.close_wait_processes,
             listeners: breakdowns.omitted.listeners,
         }),
+        time_wait_detail_from: breakdowns.time_wait_detail_from.map(timestamp),
     }
 }

@@ -412,6 +412,10 @@ fn breakdowns(raw: v1::Breakdowns) -> Result<Breakdowns, Invalid> {
         }
     };
     let omitted = raw.omitted.unwrap_or_default();
+    let time_wait_detail_from = raw
+        .time_wait_detail_from
+        .map(|at| time("report.breakdowns.time_wait_detail_from", at))
+        .transpose()?;
     let converted = Breakdowns {
         usable_local_ports: raw.usable_local_ports,
         destinations,
@@ -425,6 +429,7 @@ fn breakdowns(raw: v1::Breakdowns) -> Result<Breakdowns, Invalid> {
             close_wait_processes: omitted.close_wait_processes,
             listeners: omitted.listeners,
         },
+        time_wait_detail_from,
     };
     converted
         .validate()
