@@ -213,9 +213,10 @@ pub async fn sysctl_history(
 
 /// 404 unless `id` has reported to this server.
 async fn require_known(state: &AppState, id: &HostId) -> Result<(), ApiError> {
-    match state.store.host(id).await? {
-        Some(_) => Ok(()),
-        None => Err(unknown_host(id)),
+    if state.store.host_exists(id).await? {
+        Ok(())
+    } else {
+        Err(unknown_host(id))
     }
 }
 

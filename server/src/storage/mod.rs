@@ -54,6 +54,9 @@ pub trait Store: Send + Sync {
     /// One page of hosts ordered by host id, each with its latest report.
     async fn list_hosts(&self, page: &HostPage) -> Result<Vec<HostOverview>, StorageError>;
 
+    /// Whether `host` has ever reported (a cheap check for endpoints that need no detail).
+    async fn host_exists(&self, host: &HostId) -> Result<bool, StorageError>;
+
     /// One host with its latest report and current sysctls.
     async fn host(&self, host: &HostId) -> Result<Option<HostDetail>, StorageError>;
 

@@ -271,6 +271,15 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn host_exists(&self, host: &HostId) -> Result<bool, StorageError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT host_key FROM hosts WHERE host_id = $1")
+                .bind(host.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
     async fn list_hosts(&self, page: &HostPage) -> Result<Vec<HostOverview>, StorageError> {
         Ok(self
             .host_overviews(None, page)
