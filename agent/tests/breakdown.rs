@@ -658,7 +658,12 @@ fn time_wait_per_destination(destinations: &[DestinationUse]) -> BTreeMap<Destin
 }
 
 /// `ss -Htan state time-wait` grouped by (local IP, peer IP, peer port).
+/// `ss -Htan state time-wait` per destination, by the collector's rule for outgoing sockets: a
+/// socket whose local port is a listening port (an accepted connection, or an ephemeral port that
+/// happens to equal one a listener got) is not counted.
 fn ss_time_wait_per_destination() -> BTreeMap<Destination, u32> {
+    let listening: std::collections::BTreeSet<u16> =
+        ss_listen_queues().keys().map(SocketAddr::port).collect();
     let output = run(Command::new("ss").args(["-Htan", "state", "time-wait"]));
     let mut destinations = BTreeMap::new();
     for line in output.lines().filter(|line| !line.trim().is_empty()) {
@@ -669,6 +674,9 @@ fn ss_time_wait_per_destination() -> BTreeMap<Destination, u32> {
         };
         let local: SocketAddr = local.parse().unwrap();
         let peer: SocketAddr = peer.parse().unwrap();
+        if listening.contains(&local.port()) {
+            continue;
+        }
         *destinations
             .entry((local.ip(), peer.ip(), peer.port()))
             .or_insert(0) += 1;
