@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::alerts::config::{AlertingConfig, AlertsFile, DeliveryFile, WebhookFile};
 use crate::ingest::BatchSettings;
 
 /// Address the server listens on when none is configured.
@@ -64,6 +66,12 @@ struct FileConfig {
     log: Option<String>,
     #[serde(default)]
     ingest: IngestFileConfig,
+    #[serde(default)]
+    alerts: AlertsFile,
+    #[serde(default)]
+    webhooks: Vec<WebhookFile>,
+    #[serde(default)]
+    delivery: DeliveryFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +93,8 @@ pub struct ServerConfig {
     pub agent_interval: Option<Duration>,
     pub batch: BatchSettings,
     pub log: String,
+    /// Rules, webhooks and delivery settings.
+    pub alerting: Arc<AlertingConfig>,
 }
 
 impl ServerConfig {
@@ -120,6 +130,12 @@ impl ServerConfig {
             }
         };
         let batch = batch_settings(&file.ingest)?;
+        let alerting = AlertingConfig::from_files(
+            file.alerts,
+            file.webhooks,
+            file.delivery,
+            args.config.as_deref().and_then(Path::parent),
+        )?;
         Ok(ServerConfig {
             listen,
             database_url,
@@ -128,6 +144,7 @@ impl ServerConfig {
             agent_interval,
             batch,
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_owned()),
+            alerting: Arc::new(alerting),
         })
     }
 }

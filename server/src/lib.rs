@@ -4,10 +4,13 @@
 //! Data path: [`ingest`] (validate, group commit, acknowledge) → [`storage`] → [`api`] and [`dashboard`].
 //! [`startup::Application`] assembles them for `main` and for the tests alike.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod dashboard;
 pub mod ingest;
 pub mod local_agent;
+pub mod notify;
 pub mod startup;
 pub mod storage;
+pub mod webhook;

@@ -10,10 +10,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::Notify;
+
+use crate::alerts::engine::AlertEngine;
+use crate::alerts::fleet;
+use crate::alerts::routing::Routing;
 use crate::api::{self, AppState};
 use crate::config::ServerConfig;
 use crate::ingest::{BatchWriter, IngestService};
 use crate::local_agent;
+use crate::notify::Notifier;
 use crate::storage::{self, Store, redact_password};
 
 /// How long the server waits for open connections to close when stopping.
@@ -63,8 +69,45 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let address = self.local_addr()?;
         let serving = CancellationToken::new();
-        let (writer, writer_task) =
-            BatchWriter::spawn(Arc::clone(&self.store), self.config.batch, serving.clone());
+        let alerting = Arc::clone(&self.config.alerting);
+        let transitions = Arc::new(Notify::new());
+        let (engine, engine_task) = if alerting.enabled {
+            let routing = Routing::new(alerting.webhooks.clone().into());
+            let (engine, task) = AlertEngine::spawn(
+                Arc::clone(&self.store),
+                Arc::clone(&alerting),
+                routing.clone(),
+                Arc::clone(&transitions),
+            );
+            let fleet = fleet::spawn(
+                Arc::clone(&self.store),
+                Arc::clone(&alerting),
+                routing,
+                Arc::clone(&transitions),
+                serving.clone(),
+            );
+            (Some(engine), Some((task, fleet)))
+        } else {
+            (None, None)
+        };
+        let notifying = CancellationToken::new();
+        let external_url = alerting
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"));
+        let notifier = Notifier::spawn(
+            Arc::clone(&self.store),
+            Arc::clone(&alerting),
+            transitions,
+            external_url,
+            notifying.clone(),
+        )?;
+        let (writer, writer_task) = BatchWriter::spawn(
+            Arc::clone(&self.store),
+            self.config.batch,
+            engine,
+            serving.clone(),
+        );
         let ingest = IngestService::new(
             Arc::clone(&self.store),
             writer,
@@ -137,6 +180,20 @@ impl Application {
             }
         }
         drain(writer_task).await;
+        if let Some((engine_task, fleet_task)) = engine_task {
+            // The writer held the last handle: the engine finishes what it was given, then ends.
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, engine_task).await;
+            let _ = fleet_task.await;
+        }
+        notifying.cancel();
+        if tokio::time::timeout(DRAIN_TIMEOUT, notifier.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "webhook attempts in flight did not finish; they are retried at the next start"
+            );
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -224,6 +224,6 @@ fn unknown_host(id: &HostId) -> ApiError {
     ApiError::not_found(format!("no host {id} has reported to this server"))
 }
 
-fn host_id(raw: &str) -> Result<HostId, ApiError> {
+pub(super) fn host_id(raw: &str) -> Result<HostId, ApiError> {
     HostId::parse(raw).map_err(|error| ApiError::bad_request(format!("invalid host id: {error}")))
 }

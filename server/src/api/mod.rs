@@ -1,5 +1,6 @@
 //! The HTTP side of the server: JSON API, health checks and the dashboard, sharing the gRPC port.
 
+pub mod alerts;
 mod error;
 mod health;
 mod hosts;
@@ -30,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::index))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/webhooks", get(alerts::webhooks))
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{host_id}", get(hosts::detail))
         .route("/api/v1/hosts/{host_id}/series", get(hosts::series))

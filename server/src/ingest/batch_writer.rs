@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::engine::AlertEngine;
 use crate::storage::{IncomingReport, Store};
 
 /// How the batch writer groups reports.
@@ -55,16 +56,17 @@ pub struct BatchWriter {
 pub type Commit = oneshot::Receiver<Result<(), CommitError>>;
 
 impl BatchWriter {
-    /// Starts the writer task on `store`. It ends when every `BatchWriter` clone is dropped or `stop`
-    /// is cancelled, after committing what was already queued; later submissions get
-    /// [`CommitError::Stopped`].
+    /// Starts the writer task on `store`; committed reports are handed to `engine`, if any. It ends
+    /// when every `BatchWriter` clone is dropped or `stop` is cancelled, after committing what was
+    /// already queued; later submissions get [`CommitError::Stopped`].
     pub fn spawn(
         store: Arc<dyn Store>,
         settings: BatchSettings,
+        engine: Option<AlertEngine>,
         stop: CancellationToken,
     ) -> (BatchWriter, tokio::task::JoinHandle<()>) {
         let (jobs, incoming) = mpsc::channel(settings.queue_capacity.max(1));
-        let task = tokio::spawn(write_batches(store, incoming, settings, stop));
+        let task = tokio::spawn(write_batches(store, incoming, settings, engine, stop));
         (BatchWriter { jobs }, task)
     }
 
@@ -83,6 +85,7 @@ async fn write_batches(
     store: Arc<dyn Store>,
     mut incoming: mpsc::Receiver<Job>,
     settings: BatchSettings,
+    engine: Option<AlertEngine>,
     stop: CancellationToken,
 ) {
     let mut reports: Vec<IncomingReport> = Vec::with_capacity(settings.max_reports);
@@ -123,6 +126,9 @@ async fn write_batches(
         for waiter in waiters.drain(..) {
             let _ = waiter.send(outcome.clone());
         }
-        reports.clear();
+        match (&engine, outcome) {
+            (Some(engine), Ok(())) => engine.observe(std::mem::take(&mut reports)).await,
+            _ => reports.clear(),
+        }
     }
 }

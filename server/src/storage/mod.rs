@@ -3,6 +3,7 @@
 //! All SQL of the server is in this module's backends; the rest of the server speaks in the record types
 //! defined here.
 
+pub mod alerts;
 mod columns;
 mod postgres;
 mod records;
@@ -12,12 +13,16 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sockfleet_domain::HostId;
+use sockfleet_domain::{HostId, SysctlValues};
+
+use crate::alerts::model::Labels;
+
+pub use alerts::AlertStore;
 
 pub use postgres::PostgresStore;
 pub use records::{
-    AgentSession, HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview,
-    SeriesPoint, SeriesQuery, SysctlChange,
+    AgentSession, HostActivity, HostDetail, HostOverview, HostPage, IncomingReport,
+    NamespaceOverview, SeriesPoint, SeriesQuery, SysctlChange,
 };
 pub use sqlite::SqliteStore;
 
@@ -36,7 +41,7 @@ pub enum StorageError {
 
 /// The operations the server needs from its database.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: AlertStore {
     /// Which backend this is (`postgres` or `sqlite`), for logs.
     fn backend(&self) -> &'static str;
 
@@ -66,6 +71,12 @@ pub trait Store: Send + Sync {
         host: &HostId,
         name: Option<&str>,
     ) -> Result<Vec<SysctlChange>, StorageError>;
+
+    /// Every host's labels, collection interval and latest report time, for the fleet rules.
+    async fn host_activity(&self) -> Result<Vec<HostActivity>, StorageError>;
+
+    /// Every host's current sysctls (of its own namespace) with its labels, for drift.
+    async fn fleet_sysctls(&self) -> Result<Vec<(HostId, Labels, SysctlValues)>, StorageError>;
 
     /// A host's counts over time, raw or averaged per step.
     async fn series(

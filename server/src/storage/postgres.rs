@@ -9,13 +9,15 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
+use super::alerts::impl_alert_store;
 use super::columns::{kernel_columns, state_columns};
 use super::records::{AgentSession, CommitBookkeeping, RunKeys, SysctlScope};
-use super::rows::{count_values, family_counts, kernel_counters, kernel_values};
+use super::rows::{count_values, family_counts, fleet_sysctls, kernel_counters, kernel_values};
 use super::{
-    HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview, SeriesPoint,
-    SeriesQuery, StorageError, Store, SysctlChange,
+    HostActivity, HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview,
+    SeriesPoint, SeriesQuery, StorageError, Store, SysctlChange,
 };
+use crate::alerts::model::Labels;
 
 /// Storage in a PostgreSQL database: the backend for fleets and for several server replicas.
 #[derive(Debug, Clone)]
@@ -105,6 +107,8 @@ impl PostgresStore {
         rows.iter().map(overview_from_row).collect()
     }
 }
+
+impl_alert_store!(PostgresStore, sqlx::Postgres);
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -359,6 +363,41 @@ impl Store for PostgresStore {
                 changed_at,
             })
             .collect())
+    }
+
+    async fn host_activity(&self) -> Result<Vec<HostActivity>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT h.host_id, h.labels, h.interval_ms, \
+             (SELECT MAX(r.collected_at) FROM reports r WHERE r.host_key = h.host_key) \
+             FROM hosts h ORDER BY h.host_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let Json(labels) = row.try_get(1)?;
+                let interval_ms: i32 = row.try_get(2)?;
+                Ok(HostActivity {
+                    host_id: HostId::parse(row.try_get(0)?)
+                        .map_err(|error| StorageError::Corrupt(error.to_string()))?,
+                    labels,
+                    interval: Duration::from_millis(u64::try_from(interval_ms).unwrap_or(0)),
+                    last_seen: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn fleet_sysctls(&self) -> Result<Vec<(HostId, Labels, SysctlValues)>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT h.host_id, h.labels, s.name, s.value FROM hosts h JOIN \
+             (SELECT DISTINCT ON (host_key, name) host_key, name, value FROM sysctl_changes \
+             ORDER BY host_key, name, changed_at DESC) s ON s.host_key = h.host_key \
+             ORDER BY h.host_id, s.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        fleet_sysctls(&rows)
     }
 
     async fn series(

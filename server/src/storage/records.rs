@@ -49,6 +49,16 @@ pub struct IncomingReport {
     pub dropped_reports: u64,
 }
 
+/// When a host last reported, for the rule that notices silence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostActivity {
+    pub host_id: HostId,
+    pub labels: BTreeMap<String, String>,
+    pub interval: Duration,
+    /// Collection time of its latest report; `None` if it never reported.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 /// Which hosts to list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPage {

@@ -73,3 +73,46 @@ where
     }
     Ok(Some(KernelCounters::from_array(values)))
 }
+
+/// Groups rows of (host id, labels, sysctl name, value), ordered by host, into one entry per host.
+pub(super) fn fleet_sysctls<'r, R>(
+    rows: &'r [R],
+) -> Result<
+    Vec<(
+        sockfleet_domain::HostId,
+        crate::alerts::model::Labels,
+        sockfleet_domain::SysctlValues,
+    )>,
+    StorageError,
+>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    Option<&'r str>: Decode<'r, R::Database> + Type<R::Database>,
+    sqlx::types::Json<crate::alerts::model::Labels>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut hosts: Vec<(
+        sockfleet_domain::HostId,
+        crate::alerts::model::Labels,
+        sockfleet_domain::SysctlValues,
+    )> = Vec::new();
+    for row in rows {
+        let host_id: &str = row.try_get(0)?;
+        let name: &str = row.try_get(2)?;
+        let value: Option<&str> = row.try_get(3)?;
+        if hosts
+            .last()
+            .is_none_or(|(last, _, _)| last.as_str() != host_id)
+        {
+            let sqlx::types::Json(labels) = row.try_get(1)?;
+            let host_id = sockfleet_domain::HostId::parse(host_id)
+                .map_err(|error| StorageError::Corrupt(error.to_string()))?;
+            hosts.push((host_id, labels, Default::default()));
+        }
+        if let Some((_, _, sysctls)) = hosts.last_mut() {
+            sysctls.insert(name.to_owned(), value.map(str::to_owned));
+        }
+    }
+    Ok(hosts)
+}

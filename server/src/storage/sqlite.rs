@@ -13,13 +13,15 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::alerts::impl_alert_store;
 use super::columns::{kernel_columns, state_columns};
 use super::records::{AgentSession, CommitBookkeeping, RunKeys, SysctlScope};
-use super::rows::{count_values, family_counts, kernel_counters, kernel_values};
+use super::rows::{count_values, family_counts, fleet_sysctls, kernel_counters, kernel_values};
 use super::{
-    HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview, SeriesPoint,
-    SeriesQuery, StorageError, Store, SysctlChange,
+    HostActivity, HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview,
+    SeriesPoint, SeriesQuery, StorageError, Store, SysctlChange,
 };
+use crate::alerts::model::Labels;
 
 /// Storage in one SQLite file (WAL mode, fully synchronous commits so an acknowledged report survives a
 /// crash).
@@ -115,6 +117,8 @@ impl SqliteStore {
         rows.iter().map(overview_from_row).collect()
     }
 }
+
+impl_alert_store!(SqliteStore, sqlx::Sqlite);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -368,6 +372,44 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn host_activity(&self) -> Result<Vec<HostActivity>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT h.host_id, h.labels, h.interval_ms, \
+             (SELECT MAX(r.collected_at) FROM reports r WHERE r.host_key = h.host_key) \
+             FROM hosts h ORDER BY h.host_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let Json(labels) = row.try_get(1)?;
+                let interval_ms: i64 = row.try_get(2)?;
+                Ok(HostActivity {
+                    host_id: HostId::parse(row.try_get(0)?)
+                        .map_err(|error| StorageError::Corrupt(error.to_string()))?,
+                    labels,
+                    interval: Duration::from_millis(u64::try_from(interval_ms).unwrap_or(0)),
+                    last_seen: row
+                        .try_get::<Option<i64>, _>(3)?
+                        .map(millis_to_time)
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn fleet_sysctls(&self) -> Result<Vec<(HostId, Labels, SysctlValues)>, StorageError> {
+        // SQLite takes the bare columns of a MAX() aggregate from the row holding the maximum.
+        let rows = sqlx::query(
+            "SELECT h.host_id, h.labels, s.name, s.value FROM hosts h JOIN \
+             (SELECT host_key, name, value, MAX(changed_at) FROM sysctl_changes \
+             GROUP BY host_key, name) s ON s.host_key = h.host_key ORDER BY h.host_id, s.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        fleet_sysctls(&rows)
     }
 
     async fn series(
