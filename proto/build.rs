@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["sockfleet/v1/ingest.proto"];
+    let protos = ["sockfleet/v1/ingest.proto", "sockfleet/v1/query.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sockfleet_descriptor.bin"))
         .compile_protos(

@@ -3,7 +3,7 @@
 //! Nothing here is hand-written: the rest of sockfleet converts these types into its own domain types at
 //! the edge (agent stream, server ingest) and validates them there.
 
-/// Protocol generation 1: the `Ingest` stream.
+/// Protocol generation 1: the `Ingest` stream and the `Query` service.
 pub mod v1 {
     tonic::include_proto!("sockfleet.v1");
 

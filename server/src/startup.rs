@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::alerts::engine::AlertEngine;
 use crate::alerts::fleet;
 use crate::alerts::routing::Routing;
+use crate::api::query::QueryService;
 use crate::api::{self, AppState};
 use crate::config::ServerConfig;
 use crate::ingest::{BatchWriter, IngestService};
@@ -114,9 +115,13 @@ impl Application {
             serving.clone(),
             self.config.agent_interval,
         );
+        api::metrics::handle();
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<v1::ingest_server::IngestServer<IngestService>>()
+            .await;
+        health
+            .set_serving::<v1::query_server::QueryServer<QueryService>>()
             .await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -134,6 +139,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ingest.into_server())
+            .add_service(QueryService::new(Arc::clone(&self.store)).into_server())
             .into_axum_router()
             .merge(api::router(AppState {
                 store: Arc::clone(&self.store),

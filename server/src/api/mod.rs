@@ -4,7 +4,9 @@ pub mod alerts;
 mod error;
 mod health;
 mod hosts;
+pub mod metrics;
 mod params;
+pub mod query;
 
 use std::sync::Arc;
 
@@ -30,6 +32,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(dashboard::index))
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::render))
         .route("/readyz", get(health::readyz))
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/webhooks", get(alerts::webhooks))
