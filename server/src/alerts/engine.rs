@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sockfleet_domain::{HostId, SysctlValues};
+use sockfleet_domain::{HostId, SysctlValues, TcpState};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -19,12 +19,14 @@ use super::model::{AlertStatus, Labels, RuleName, Severity};
 use super::routing::Routing;
 use super::rules::{Finding, Sample, ScopeState, Verdict};
 use crate::storage::alerts::{AlertQuery, Applied, NewAlert, Transition};
-use crate::storage::{AgentSession, IncomingReport, Store};
+use crate::storage::{AgentSession, IncomingReport, SeriesQuery, Store};
 
 /// Batches of committed reports waiting for the engine before the batch writer waits.
 const QUEUE: usize = 64;
 /// Most firing alerts of one host read back when its windows are rebuilt.
 const MAX_FIRING_PER_HOST: u32 = 10_000;
+/// Most minutes of TIME_WAIT history read back when a host's windows are rebuilt (a day).
+const SEED_MINUTES: u32 = 1440;
 /// The scope of the host's own network namespace.
 const HOST_SCOPE: u64 = 0;
 
@@ -157,6 +159,38 @@ impl Engine {
             host.firing
                 .insert((scope, alert.rule, subject.to_owned()), alert.severity);
         }
+        // The TIME_WAIT baseline of the spike rule, so a restart does not blind it for an hour.
+        let baseline = self
+            .config
+            .rules
+            .for_host(&session.hello.labels)
+            .time_wait_spike
+            .baseline;
+        let now = Utc::now();
+        let minutes = self
+            .store
+            .series(
+                host_id,
+                &SeriesQuery {
+                    from: now
+                        - chrono::Duration::from_std(baseline)
+                            .unwrap_or(chrono::Duration::hours(1)),
+                    to: now,
+                    step: Some(std::time::Duration::from_secs(60)),
+                    namespace: None,
+                    limit: SEED_MINUTES,
+                },
+            )
+            .await?;
+        host.scopes
+            .entry(HOST_SCOPE)
+            .or_default()
+            .rules
+            .seed_time_wait(
+                minutes
+                    .iter()
+                    .map(|point| (point.time, point.states.combined().get(TcpState::TimeWait))),
+            );
         self.hosts.insert(host_id.clone(), host);
         Ok(())
     }

@@ -10,7 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::support::database::TestDatabase;
-use crate::support::get_json;
+use crate::support::{get_json, http_client};
 use crate::support::grpc::{channel, deliver, hello, report};
 use crate::support::process::ServerProcess;
 
@@ -630,7 +630,11 @@ async fn health_dashboard_and_unknown_paths() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({ "hosts": [], "next_after": null }));
 
-    let response = reqwest::get(format!("{url}/")).await.expect("GET /");
+    let response = http_client()
+        .get(format!("{url}/"))
+        .send()
+        .await
+        .expect("GET /");
     assert_eq!(response.status().as_u16(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
@@ -686,7 +690,7 @@ async fn health_dashboard_and_unknown_paths() {
 async fn wrong_method_gets_a_json_error() {
     let database = TestDatabase::create().await;
     let server = ServerProcess::start(&database.url, "127.0.0.1:0", &[]);
-    let response = reqwest::Client::new()
+    let response = http_client()
         .post(format!("{}/api/v1/hosts", server.url()))
         .send()
         .await

@@ -93,6 +93,11 @@ impl ScopeState {
             .insert((rule, subject.to_owned()), Tracker::firing_at(severity));
     }
 
+    /// Fills the TIME_WAIT baseline from stored per-minute TIME_WAIT totals, oldest first.
+    pub fn seed_time_wait(&mut self, minutes: impl IntoIterator<Item = (DateTime<Utc>, u64)>) {
+        self.time_wait.seed(minutes);
+    }
+
     /// Judges one sample with every enabled rule.
     pub fn evaluate(&mut self, sample: &Sample<'_>, rules: &Rules) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(RuleName::ALL.len());

@@ -40,6 +40,20 @@ impl History {
         }
     }
 
+    /// Fills the past from stored per-minute averages (oldest first), when a host's windows are
+    /// rebuilt.
+    pub fn seed(&mut self, minutes: impl IntoIterator<Item = (DateTime<Utc>, u64)>) {
+        for (at, total) in minutes {
+            let minute = at.timestamp().div_euclid(60);
+            if self.minutes.back().is_none_or(|(last, _)| *last < minute) {
+                self.minutes.push_back((minute, total));
+            }
+        }
+        while self.minutes.len() > MAX_BASELINE_MINUTES {
+            self.minutes.pop_front();
+        }
+    }
+
     /// The median of the minutes within `baseline` before `now`, not counting the current minute; `None`
     /// until enough minutes are known.
     fn median(&self, now: DateTime<Utc>, baseline: Duration) -> Option<u64> {

@@ -3,6 +3,7 @@
 pub mod database;
 pub mod grpc;
 pub mod process;
+pub mod receiver;
 
 use std::time::Duration;
 
@@ -25,9 +26,16 @@ where
     }
 }
 
+/// An HTTP client for talking to servers under test. reqwest is built without a crypto provider of
+/// its own (the server picks ring), so one is installed first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// GETs `url` and returns the status and JSON body.
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = http_client()
         .get(url)
         .timeout(Duration::from_secs(10))
         .send()
