@@ -59,6 +59,7 @@ CREATE TABLE webhook_deliveries (
     last_attempt_at  BIGINT,
     last_status_code BIGINT,
     last_error       TEXT,
+    last_error_at    BIGINT,
     finished_at      BIGINT
 );
 

@@ -59,6 +59,7 @@ CREATE TABLE webhook_deliveries (
     last_attempt_at  INTEGER,
     last_status_code INTEGER,
     last_error       TEXT,
+    last_error_at    INTEGER,
     finished_at      INTEGER
 );
 

@@ -238,6 +238,10 @@ pub(super) const GROUP_ALERTS: &str = "SELECT alert_id, host_id, rule, subject, 
      AND (e.delivery_id = $3 OR a.ends_at IS NULL)) \
      ORDER BY a.ends_at IS NOT NULL, a.starts_at, a.alert_id LIMIT $4";
 
+pub(super) const COUNT_GROUP_ALERTS: &str = "SELECT COUNT(*) FROM alerts a WHERE a.alert_id IN \
+     (SELECT e.alert_id FROM alert_events e WHERE e.webhook = $1 AND e.group_key = $2 \
+     AND (e.delivery_id = $3 OR a.ends_at IS NULL))";
+
 pub(super) const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (delivery_id, webhook, group_key, body, created_at, \
      next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5)";
 
@@ -251,7 +255,8 @@ pub(super) const CLAIM_DELIVERIES: &str = "UPDATE webhook_deliveries SET leased_
      RETURNING delivery_id, webhook, body, attempts, created_at";
 
 pub(super) const RECORD_ATTEMPT: &str = "UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = $2, \
-     last_status_code = $3, last_error = COALESCE($4, last_error), status = $5, \
+     last_status_code = $3, last_error = COALESCE($4, last_error), \
+     last_error_at = CASE WHEN $4 IS NULL THEN last_error_at ELSE $2 END, status = $5, \
      next_attempt_at = COALESCE($6, next_attempt_at), leased_until = 0, \
      finished_at = CASE WHEN $5 = 'pending' THEN NULL ELSE $2 END WHERE delivery_id = $1";
 
@@ -263,8 +268,8 @@ pub(super) const WEBHOOK_HEALTH: &str = "SELECT webhook, \
      MAX(CASE WHEN status = 'delivered' THEN finished_at END) \
      FROM webhook_deliveries GROUP BY webhook ORDER BY webhook";
 
-pub(super) const LAST_ERROR: &str = "SELECT last_error, last_attempt_at FROM webhook_deliveries \
-     WHERE webhook = $1 AND last_error IS NOT NULL ORDER BY last_attempt_at DESC LIMIT 1";
+pub(super) const LAST_ERROR: &str = "SELECT last_error, last_error_at FROM webhook_deliveries \
+     WHERE webhook = $1 AND last_error IS NOT NULL ORDER BY last_error_at DESC LIMIT 1";
 
 /// Unix milliseconds of a time.
 pub(super) fn millis(time: DateTime<Utc>) -> i64 {
@@ -535,7 +540,17 @@ macro_rules! impl_alert_store {
                     tx.commit().await?;
                     return Ok(None);
                 }
-                let truncated = u32::from(alerts.len() > limit as usize);
+                let truncated = if alerts.len() > limit as usize {
+                    let total: i64 = sqlx::query_scalar(sql::COUNT_GROUP_ALERTS)
+                        .bind(&group.webhook)
+                        .bind(&group.group_key)
+                        .bind(delivery_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    u32::try_from(total.saturating_sub(i64::from(limit))).unwrap_or(u32::MAX)
+                } else {
+                    0
+                };
                 alerts.truncate(limit as usize);
                 let body = render(&alerts, truncated);
                 sqlx::query(sql::INSERT_DELIVERY)
