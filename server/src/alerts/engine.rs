@@ -25,6 +25,8 @@ use crate::storage::{AgentSession, IncomingReport, SeriesQuery, Store};
 const QUEUE: usize = 64;
 /// Most firing alerts of one host read back when its windows are rebuilt.
 const MAX_FIRING_PER_HOST: u32 = 10_000;
+/// Most stored reports replayed when a host's windows are rebuilt.
+const MAX_REPLAY: u32 = 360;
 /// Most minutes of TIME_WAIT history read back when a host's windows are rebuilt (a day).
 const SEED_MINUTES: u32 = 1440;
 /// The scope of the host's own network namespace.
@@ -95,7 +97,10 @@ impl Engine {
         while let Some(reports) = incoming.recv().await {
             let mut transitions = Vec::new();
             for report in &reports {
-                if let Err(error) = self.ensure_host(&report.session).await {
+                if let Err(error) = self
+                    .ensure_host(&report.session, report.report.collected_at)
+                    .await
+                {
                     tracing::error!(%error, host_id = %report.session.hello.host_id,
                         "cannot read the host's firing alerts; its report is not evaluated");
                     continue;
@@ -120,10 +125,13 @@ impl Engine {
         }
     }
 
-    /// Rebuilds the host's state when its reports come from a stream not seen before.
+    /// Rebuilds the host's state when its reports come from a stream not seen before: its firing
+    /// alerts, its sysctls, the TIME_WAIT baseline, and the windows of its own namespace replayed from
+    /// the reports stored before `before` (the report about to be evaluated).
     async fn ensure_host(
         &mut self,
         session: &Arc<AgentSession>,
+        before: DateTime<Utc>,
     ) -> Result<(), crate::storage::StorageError> {
         let id = Arc::as_ptr(session) as usize;
         let host_id = &session.hello.host_id;
@@ -149,16 +157,6 @@ impl Engine {
             scopes: HashMap::new(),
             firing: HashMap::new(),
         };
-        for alert in firing_alerts {
-            let (scope, subject) = split_subject(&alert.subject);
-            host.scopes.entry(scope).or_default().rules.assume_firing(
-                alert.rule,
-                subject,
-                alert.severity,
-            );
-            host.firing
-                .insert((scope, alert.rule, subject.to_owned()), alert.severity);
-        }
         // The TIME_WAIT baseline of the spike rule, so a restart does not blind it for an hour.
         let baseline = self
             .config
@@ -191,7 +189,71 @@ impl Engine {
                     .iter()
                     .map(|point| (point.time, point.states.combined().get(TcpState::TimeWait))),
             );
+        self.replay(&mut host, session, before).await?;
+        // What the database says fires stands, whatever the replay concluded.
+        for alert in firing_alerts {
+            let (scope, subject) = split_subject(&alert.subject);
+            host.scopes.entry(scope).or_default().rules.assume_firing(
+                alert.rule,
+                subject,
+                alert.severity,
+            );
+            host.firing
+                .insert((scope, alert.rule, subject.to_owned()), alert.severity);
+        }
         self.hosts.insert(host_id.clone(), host);
+        Ok(())
+    }
+
+    /// Feeds the host's latest stored reports before `before` through the rules of its own namespace,
+    /// without acting on their verdicts, so windows and hysteresis continue where they were.
+    async fn replay(
+        &self,
+        host: &mut HostState,
+        session: &AgentSession,
+        before: DateTime<Utc>,
+    ) -> Result<(), crate::storage::StorageError> {
+        let hello = &session.hello;
+        let rules = self.config.rules.for_host(&hello.labels);
+        let listen_samples = rules
+            .listen_queue_overflow
+            .window
+            .as_secs()
+            .checked_div(hello.interval.as_secs().max(1))
+            .unwrap_or(0);
+        let wanted = u64::from(
+            rules
+                .close_wait_leak
+                .samples
+                .max(rules.close_wait_stuck.min_samples),
+        )
+        .max(listen_samples)
+        .min(u64::from(MAX_REPLAY));
+        let wanted = u32::try_from(wanted).unwrap_or(MAX_REPLAY) + 1;
+        let samples = self.store.recent_samples(&hello.host_id, wanted).await?;
+        let sysctls: SysctlValues = self
+            .store
+            .sysctl_history(&hello.host_id, None)
+            .await?
+            .into_iter()
+            .map(|change| (change.name, change.value))
+            .collect();
+        let scope = host.scopes.entry(HOST_SCOPE).or_default();
+        scope.sysctls = sysctls;
+        for stored in samples.iter().filter(|sample| sample.collected_at < before) {
+            let sample = Sample {
+                at: stored.collected_at,
+                host: hello.host_id.as_str(),
+                namespace: None,
+                states: &stored.states,
+                kernel: stored.kernel.as_ref(),
+                breakdowns: stored.breakdowns.as_ref(),
+                sysctls: &scope.sysctls,
+                interval: hello.interval,
+            };
+            scope.rules.evaluate(&sample, &rules);
+            host.last_collected = Some(stored.collected_at);
+        }
         Ok(())
     }
 

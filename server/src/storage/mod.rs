@@ -22,7 +22,7 @@ pub use alerts::AlertStore;
 pub use postgres::PostgresStore;
 pub use records::{
     AgentSession, HostActivity, HostDetail, HostOverview, HostPage, IncomingReport,
-    NamespaceOverview, SeriesPoint, SeriesQuery, SysctlChange,
+    NamespaceOverview, SeriesPoint, SeriesQuery, StoredSample, SysctlChange,
 };
 pub use sqlite::SqliteStore;
 
@@ -71,6 +71,14 @@ pub trait Store: AlertStore {
         host: &HostId,
         name: Option<&str>,
     ) -> Result<Vec<SysctlChange>, StorageError>;
+
+    /// The host's latest `limit` reports (of its own namespace) with their counters and breakdowns,
+    /// oldest first: what the alert engine replays to rebuild a host's windows.
+    async fn recent_samples(
+        &self,
+        host: &HostId,
+        limit: u32,
+    ) -> Result<Vec<StoredSample>, StorageError>;
 
     /// Every host's labels, collection interval and latest report time, for the fleet rules.
     async fn host_activity(&self) -> Result<Vec<HostActivity>, StorageError>;

@@ -15,7 +15,7 @@ use super::records::{AgentSession, CommitBookkeeping, RunKeys, SysctlScope};
 use super::rows::{count_values, family_counts, fleet_sysctls, kernel_counters, kernel_values};
 use super::{
     HostActivity, HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview,
-    SeriesPoint, SeriesQuery, StorageError, Store, SysctlChange,
+    SeriesPoint, SeriesQuery, StorageError, Store, StoredSample, SysctlChange,
 };
 use crate::alerts::model::Labels;
 
@@ -398,6 +398,42 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         fleet_sysctls(&rows)
+    }
+
+    async fn recent_samples(
+        &self,
+        host: &HostId,
+        limit: u32,
+    ) -> Result<Vec<StoredSample>, StorageError> {
+        const SQL: &str = concat!(
+            "SELECT r.collected_at, ",
+            state_columns!("r.", ""),
+            ", ",
+            kernel_columns!(),
+            ", b.data FROM reports r JOIN hosts h ON h.host_key = r.host_key ",
+            "LEFT JOIN kernel_counters k ON k.run_key = r.run_key AND k.sequence = r.sequence ",
+            "LEFT JOIN breakdowns b ON b.run_key = r.run_key AND b.sequence = r.sequence ",
+            "WHERE h.host_id = $1 ORDER BY r.collected_at DESC LIMIT $2"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(host.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut samples = rows
+            .iter()
+            .map(|row| {
+                let breakdowns: Option<Json<Breakdowns>> = row.try_get(39)?;
+                Ok(StoredSample {
+                    collected_at: row.try_get(0)?,
+                    states: family_counts::<_, i32>(row, 1)?.unwrap_or_default(),
+                    kernel: kernel_counters(row, 23)?,
+                    breakdowns: breakdowns.map(|Json(breakdowns)| breakdowns),
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        samples.reverse();
+        Ok(samples)
     }
 
     async fn series(

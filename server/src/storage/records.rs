@@ -49,6 +49,15 @@ pub struct IncomingReport {
     pub dropped_reports: u64,
 }
 
+/// One stored report of a host's own namespace, as the alert engine replays it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSample {
+    pub collected_at: DateTime<Utc>,
+    pub states: FamilyCounts,
+    pub kernel: Option<KernelCounters>,
+    pub breakdowns: Option<Breakdowns>,
+}
+
 /// When a host last reported, for the rule that notices silence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostActivity {
