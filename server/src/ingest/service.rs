@@ -66,7 +66,14 @@ impl v1::ingest_server::Ingest for IngestService {
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = request.into_inner();
-        let session = Arc::new(AgentSession::new(self.receive_hello(&mut inbound).await?));
+        let mut hello = self.receive_hello(&mut inbound).await?;
+        // The agent announces its own interval; when the server imposes one, that is the period the
+        // agent will collect at (it is told below), so silence and rates are judged by it.
+        let announced = hello.interval;
+        if let Some(interval) = self.agent_interval {
+            hello.interval = interval;
+        }
+        let session = Arc::new(AgentSession::new(hello));
         let committed = self
             .store
             .committed_sequence(&session.hello.host_id, &session.hello.run_id)
@@ -84,7 +91,7 @@ impl v1::ingest_server::Ingest for IngestService {
         send(&outbound, welcome).await;
         if let Some(interval) = self
             .agent_interval
-            .filter(|interval| *interval != session.hello.interval)
+            .filter(|interval| *interval != announced)
         {
             let interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
             send(

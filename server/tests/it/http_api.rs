@@ -10,9 +10,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::support::database::TestDatabase;
-use crate::support::{get_json, http_client};
 use crate::support::grpc::{channel, deliver, hello, report};
 use crate::support::process::ServerProcess;
+use crate::support::{get_json, http_client};
 
 const HOST_A: &str = "api-host-a";
 const HOST_B: &str = "api-host-b";
