@@ -11,4 +11,5 @@ mod hysteresis;
 mod replicas;
 mod storage_suite;
 mod support;
+mod sysctl_alerts;
 mod webhooks;
