@@ -30,7 +30,7 @@ const MAX_REPLAY: u32 = 360;
 /// Most minutes of TIME_WAIT history read back when a host's windows are rebuilt (a day).
 const SEED_MINUTES: u32 = 1440;
 /// The scope of the host's own network namespace.
-const HOST_SCOPE: u64 = 0;
+pub(super) const HOST_SCOPE: u64 = 0;
 
 /// Hands committed reports to the engine task.
 #[derive(Clone)]
@@ -389,12 +389,14 @@ impl Engine {
 }
 
 /// Where findings of one scope belong.
-struct AlertContext<'a> {
-    host_id: &'a HostId,
-    host_labels: &'a Labels,
-    scope: u64,
-    namespace: Option<&'a str>,
-    at: DateTime<Utc>,
+pub(super) struct AlertContext<'a> {
+    pub host_id: &'a HostId,
+    pub host_labels: &'a Labels,
+    /// The namespace's inode, or [`HOST_SCOPE`].
+    pub scope: u64,
+    /// The namespace's name for the `namespace` label; `None` for the host's own.
+    pub namespace: Option<&'a str>,
+    pub at: DateTime<Utc>,
 }
 
 /// The transitions that bring the firing set of each judged rule in line with its verdict: new findings
@@ -437,7 +439,9 @@ fn diff(
     transitions
 }
 
-fn new_alert(context: &AlertContext<'_>, rule: RuleName, finding: &Finding) -> NewAlert {
+/// The alert a finding opens: the host's labels, the finding's, and `alertname`, `severity`, `host` and
+/// `namespace`, which no other label may override.
+pub(super) fn new_alert(context: &AlertContext<'_>, rule: RuleName, finding: &Finding) -> NewAlert {
     let mut labels: Labels = context.host_labels.clone();
     labels.extend(finding.labels.clone());
     labels.insert("alertname".to_owned(), rule.as_str().to_owned());

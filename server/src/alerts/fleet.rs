@@ -14,11 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::AlertingConfig;
-use super::engine::fingerprint;
+use super::engine::{AlertContext, HOST_SCOPE, new_alert};
 use super::model::{AlertStatus, Labels, RuleName};
 use super::routing::Routing;
 use super::rules::{Finding, drift_candidates};
-use crate::storage::alerts::{AlertQuery, NewAlert, Transition};
+use crate::storage::alerts::{AlertQuery, Transition};
 use crate::storage::{HostActivity, StorageError, Store};
 
 /// How often the fleet rules run.
@@ -91,22 +91,14 @@ fn alert(
     finding: Finding,
     now: DateTime<Utc>,
 ) -> Transition {
-    let mut labels = host_labels.clone();
-    labels.extend(finding.labels);
-    labels.insert("alertname".to_owned(), rule.as_str().to_owned());
-    labels.insert("severity".to_owned(), finding.severity.as_str().to_owned());
-    labels.insert("host".to_owned(), host_id.as_str().to_owned());
-    Transition::Fire(NewAlert {
-        host_id: host_id.clone(),
-        rule,
-        subject: finding.subject,
-        severity: finding.severity,
-        fingerprint: fingerprint(&labels),
-        labels,
-        annotations: finding.annotations,
-        value: finding.value,
-        starts_at: now,
-    })
+    let context = AlertContext {
+        host_id,
+        host_labels,
+        scope: HOST_SCOPE,
+        namespace: None,
+        at: now,
+    };
+    Transition::Fire(new_alert(&context, rule, &finding))
 }
 
 fn resolve(host_id: HostId, rule: RuleName, subject: String, now: DateTime<Utc>) -> Transition {

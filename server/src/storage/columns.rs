@@ -111,3 +111,22 @@ macro_rules! kernel_columns {
 }
 
 pub(super) use {kernel_columns, state_columns};
+
+/// Every host with its labels, collection interval and latest report time: the same text on both
+/// backends; decoded by [`super::rows::host_activity`].
+pub(super) const HOST_ACTIVITY: &str = "SELECT h.host_id, h.labels, h.interval_ms, \
+     (SELECT MAX(r.collected_at) FROM reports r WHERE r.host_key = h.host_key) \
+     FROM hosts h ORDER BY h.host_id";
+
+/// A host's latest reports with their counters and breakdowns, newest first: the same text on both
+/// backends; decoded by [`super::rows::stored_sample`].
+pub(super) const RECENT_SAMPLES: &str = concat!(
+    "SELECT r.collected_at, ",
+    state_columns!("r.", ""),
+    ", ",
+    kernel_columns!(),
+    ", b.data FROM reports r JOIN hosts h ON h.host_key = r.host_key ",
+    "LEFT JOIN kernel_counters k ON k.run_key = r.run_key AND k.sequence = r.sequence ",
+    "LEFT JOIN breakdowns b ON b.run_key = r.run_key AND b.sequence = r.sequence ",
+    "WHERE h.host_id = $1 ORDER BY r.collected_at DESC LIMIT $2"
+);

@@ -10,9 +10,12 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::alerts::impl_alert_store;
-use super::columns::{kernel_columns, state_columns};
+use super::columns::{HOST_ACTIVITY, RECENT_SAMPLES, kernel_columns, state_columns};
 use super::records::{AgentSession, CommitBookkeeping, RunKeys, SysctlScope};
-use super::rows::{count_values, family_counts, fleet_sysctls, kernel_counters, kernel_values};
+use super::rows::{
+    count_values, family_counts, fleet_sysctls, host_activity, kernel_counters, kernel_values,
+    stored_sample,
+};
 use super::{
     HostActivity, HostDetail, HostOverview, HostPage, IncomingReport, NamespaceOverview,
     SeriesPoint, SeriesQuery, StorageError, Store, StoredSample, SysctlChange,
@@ -366,25 +369,9 @@ impl Store for PostgresStore {
     }
 
     async fn host_activity(&self) -> Result<Vec<HostActivity>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT h.host_id, h.labels, h.interval_ms, \
-             (SELECT MAX(r.collected_at) FROM reports r WHERE r.host_key = h.host_key) \
-             FROM hosts h ORDER BY h.host_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(HOST_ACTIVITY).fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|row| {
-                let Json(labels) = row.try_get(1)?;
-                let interval_ms: i32 = row.try_get(2)?;
-                Ok(HostActivity {
-                    host_id: HostId::parse(row.try_get(0)?)
-                        .map_err(|error| StorageError::Corrupt(error.to_string()))?,
-                    labels,
-                    interval: Duration::from_millis(u64::try_from(interval_ms).unwrap_or(0)),
-                    last_seen: row.try_get(3)?,
-                })
-            })
+            .map(|row| host_activity::<_, i32>(row, row.try_get(3)?))
             .collect()
     }
 
@@ -405,32 +392,14 @@ impl Store for PostgresStore {
         host: &HostId,
         limit: u32,
     ) -> Result<Vec<StoredSample>, StorageError> {
-        const SQL: &str = concat!(
-            "SELECT r.collected_at, ",
-            state_columns!("r.", ""),
-            ", ",
-            kernel_columns!(),
-            ", b.data FROM reports r JOIN hosts h ON h.host_key = r.host_key ",
-            "LEFT JOIN kernel_counters k ON k.run_key = r.run_key AND k.sequence = r.sequence ",
-            "LEFT JOIN breakdowns b ON b.run_key = r.run_key AND b.sequence = r.sequence ",
-            "WHERE h.host_id = $1 ORDER BY r.collected_at DESC LIMIT $2"
-        );
-        let rows = sqlx::query(SQL)
+        let rows = sqlx::query(RECENT_SAMPLES)
             .bind(host.as_str())
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
         let mut samples = rows
             .iter()
-            .map(|row| {
-                let breakdowns: Option<Json<Breakdowns>> = row.try_get(39)?;
-                Ok(StoredSample {
-                    collected_at: row.try_get(0)?,
-                    states: family_counts::<_, i32>(row, 1)?.unwrap_or_default(),
-                    kernel: kernel_counters(row, 23)?,
-                    breakdowns: breakdowns.map(|Json(breakdowns)| breakdowns),
-                })
-            })
+            .map(|row| stored_sample::<_, i32>(row, row.try_get(0)?))
             .collect::<Result<Vec<_>, StorageError>>()?;
         samples.reverse();
         Ok(samples)

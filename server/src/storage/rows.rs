@@ -116,3 +116,51 @@ where
     }
     Ok(hosts)
 }
+
+/// A row of [`super::columns::HOST_ACTIVITY`]; the backend decodes the time (column 3) its own way.
+///
+/// `I` is the integer type of `interval_ms` (`i32` from PostgreSQL, `i64` from SQLite).
+pub(super) fn host_activity<'r, R, I>(
+    row: &'r R,
+    last_seen: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<super::HostActivity, StorageError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    I: Decode<'r, R::Database> + Type<R::Database> + Into<i64>,
+    sqlx::types::Json<crate::alerts::model::Labels>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let sqlx::types::Json(labels) = row.try_get(1)?;
+    let interval_ms: i64 = row.try_get::<I, _>(2)?.into();
+    Ok(super::HostActivity {
+        host_id: sockfleet_domain::HostId::parse(row.try_get(0)?)
+            .map_err(|error| StorageError::Corrupt(error.to_string()))?,
+        labels,
+        interval: std::time::Duration::from_millis(u64::try_from(interval_ms).unwrap_or(0)),
+        last_seen,
+    })
+}
+
+/// A row of [`super::columns::RECENT_SAMPLES`]; the backend decodes the time (column 0) its own way.
+///
+/// `T` is the integer type of the count columns, as for [`family_counts`].
+pub(super) fn stored_sample<'r, R, T>(
+    row: &'r R,
+    collected_at: chrono::DateTime<chrono::Utc>,
+) -> Result<super::StoredSample, StorageError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Decode<'r, R::Database> + Type<R::Database> + Into<i64>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    sqlx::types::Json<sockfleet_domain::Breakdowns>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let breakdowns: Option<sqlx::types::Json<sockfleet_domain::Breakdowns>> = row.try_get(39)?;
+    Ok(super::StoredSample {
+        collected_at,
+        states: family_counts::<_, T>(row, 1)?.unwrap_or_default(),
+        kernel: kernel_counters(row, 23)?,
+        breakdowns: breakdowns.map(|sqlx::types::Json(breakdowns)| breakdowns),
+    })
+}
